@@ -1,0 +1,350 @@
+"""Runs: admission (202), state, cancel, the event stream and the orchestration context."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from podium.events import TERMINAL_EVENT_TYPES, RunEvent
+from podium.messages import AdvanceRun
+from podium.patterns import AVAILABLE_PATTERNS
+from podium.runtime import Runtime
+from podium.store import (
+    TERMINAL_RUN_STATUSES,
+    Agent,
+    AgentCall,
+    EventKind,
+    OrchestrationContext,
+    OrchestrationDecision,
+    PostMortem,
+    Run,
+    RunStatus,
+    Thread,
+    tenant_session,
+    utcnow,
+)
+from podium.store.threads import append_event
+from podium_gateway.auth import Principal, RuntimeDep, TenantDep
+from podium_gateway.errors import ApiError, not_found
+from podium_gateway.schemas import (
+    DecisionOut,
+    OrchestrationOut,
+    RunAccepted,
+    RunCreate,
+    RunOut,
+    Usage,
+)
+
+router = APIRouter(tags=["runs"])
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 15
+
+
+def _request_hash(thread_id: str, body: RunCreate) -> str:
+    canonical = json.dumps({"thread_id": thread_id, **body.model_dump()}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _existing_for_key(
+    runtime: Runtime, principal: Principal, key: str, request_hash: str
+) -> RunAccepted | None:
+    with tenant_session(runtime.db, principal.tenant_id) as session:
+        run = session.scalars(select(Run).where(Run.idempotency_key == key)).one_or_none()
+        if run is None:
+            return None
+        if run.request_hash != request_hash:
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was already used with a different request body",
+                run_id=run.id,
+            )
+        return RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
+
+
+@router.post("/v1/threads/{thread_id}/runs", status_code=202, response_model=RunAccepted)
+def create_run(
+    thread_id: str,
+    body: RunCreate,
+    principal: TenantDep,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> RunAccepted:
+    """Start a run on a thread. The work happens asynchronously; follow /events."""
+    if body.pattern is not None and body.pattern not in AVAILABLE_PATTERNS:
+        raise ApiError(
+            422,
+            "unknown_pattern",
+            f"pattern {body.pattern!r} is not available; choose one of {list(AVAILABLE_PATTERNS)}",
+        )
+    request_hash = _request_hash(thread_id, body)
+    if idempotency_key:
+        existing = _existing_for_key(runtime, principal, idempotency_key, request_hash)
+        if existing is not None:
+            return existing
+    try:
+        return _admit(runtime, principal, thread_id, body, idempotency_key, request_hash)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        if idempotency_key:
+            existing = _existing_for_key(runtime, principal, idempotency_key, request_hash)
+            if existing is not None:
+                return existing
+        raise
+
+
+def _admit(
+    runtime: Runtime,
+    principal: Principal,
+    thread_id: str,
+    body: RunCreate,
+    idempotency_key: str | None,
+    request_hash: str,
+) -> RunAccepted:
+    with runtime.transaction(principal.tenant_id) as tx:
+        session = tx.session
+        thread = session.scalars(select(Thread).where(Thread.id == thread_id)).one_or_none()
+        if thread is None:
+            raise not_found("thread", thread_id)
+        if body.agent is not None:
+            known = session.scalars(select(Agent.id).where(Agent.name == body.agent)).first()
+            if known is None:
+                raise ApiError(422, "unknown_agent", f"agent {body.agent!r} is not defined")
+        active = _active_run(session, thread)
+        if active is not None and body.multitask == "reject":
+            raise ApiError(
+                409,
+                "thread_busy",
+                "the thread has an unfinished run; retry later or use multitask=enqueue",
+                active_run_id=active.id,
+            )
+        event = append_event(
+            session,
+            tenant_id=principal.tenant_id,
+            thread_id=thread_id,
+            kind=EventKind.USER_MESSAGE,
+            role="user",
+            content=body.input,
+        )
+        run = Run(
+            tenant_id=principal.tenant_id,
+            thread_id=thread_id,
+            status=RunStatus.QUEUED,
+            input=body.input,
+            input_event_seq=event.seq,
+            requested_agent=body.agent,
+            requested_pattern=body.pattern,
+            multitask=body.multitask,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            deadline_at=utcnow() + timedelta(seconds=runtime.settings.run_deadline_s),
+        )
+        session.add(run)
+        session.flush()
+        event.run_id = run.id
+        session.add(OrchestrationContext(tenant_id=principal.tenant_id, run_id=run.id))
+        if active is not None and body.multitask == "interrupt":
+            active.cancel_requested = True
+            tx.send(AdvanceRun(run_id=active.id, reason="run.cancel"))
+        tx.send(AdvanceRun(run_id=run.id, reason="run.created"))
+        accepted = RunAccepted(id=run.id, status=run.status, thread_id=thread_id)
+    _publish(runtime, accepted.id, "run.queued", {"run_id": accepted.id, "thread_id": thread_id})
+    return accepted
+
+
+def _active_run(session: Session, thread: Thread) -> Run | None:
+    return session.scalars(
+        select(Run)
+        .where(
+            Run.thread_id == thread.id,
+            Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+        )
+        .order_by(Run.created_at)
+        .limit(1)
+    ).first()
+
+
+def _publish(runtime: Runtime, run_id: str, type_: str, data: dict[str, object]) -> None:
+    try:
+        runtime.events.publish(run_id, type_, data)
+    except Exception:  # the stream is a view; the store is the source of truth
+        log.warning("event publish failed for run %s", run_id)
+
+
+def _load_run(runtime: Runtime, principal: Principal, run_id: str) -> tuple[Run, Usage]:
+    with tenant_session(runtime.db, principal.tenant_id) as session:
+        run = session.scalars(select(Run).where(Run.id == run_id)).one_or_none()
+        if run is None:
+            raise not_found("run", run_id)
+        calls = session.scalar(
+            select(func.count()).select_from(AgentCall).where(AgentCall.run_id == run_id)
+        )
+        usage = Usage(
+            input_tokens=int(run.usage.get("input_tokens", 0)),
+            output_tokens=int(run.usage.get("output_tokens", 0)),
+            agent_calls=int(calls or 0),
+        )
+        return run, usage
+
+
+@router.get("/v1/runs/{run_id}", response_model=RunOut)
+def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
+    run, usage = _load_run(runtime, principal, run_id)
+    return RunOut(
+        id=run.id,
+        thread_id=run.thread_id,
+        status=run.status,
+        pattern=run.pattern,
+        step=run.step,
+        output=run.output,
+        usage=usage,
+        error=run.error,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+@router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunAccepted)
+def cancel_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunAccepted:
+    """Ask a run to stop; in-flight calls stop at their next step."""
+    with runtime.transaction(principal.tenant_id) as tx:
+        run = tx.session.scalars(select(Run).where(Run.id == run_id)).one_or_none()
+        if run is None:
+            raise not_found("run", run_id)
+        if run.status in TERMINAL_RUN_STATUSES:
+            raise ApiError(
+                409,
+                "run_finished",
+                f"run already finished with status {run.status}",
+                run_status=run.status,
+            )
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            tx.send(AdvanceRun(run_id=run.id, reason="run.cancel"))
+        accepted = RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
+    _publish(runtime, run_id, "run.cancel_requested", {"run_id": run_id})
+    return accepted
+
+
+def _sse(event: RunEvent) -> str:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+
+
+@router.get(
+    "/v1/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+)
+def run_events(
+    run_id: str,
+    request: Request,
+    principal: TenantDep,
+    runtime: RuntimeDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[str | None, Query(max_length=40, description="Same as Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Decisions, agent-call start and end, token deltas and the final status, as SSE.
+    Resumable with Last-Event-ID, and replayable after the run ends."""
+    _load_run(runtime, principal, run_id)
+    cursor = last_event_id or after or "0"
+
+    async def stream() -> AsyncIterator[str]:
+        position = cursor
+        idle = 0.0
+        while True:
+            if await request.is_disconnected():
+                return
+            events = await runtime.events.read(run_id, position, block_ms=1000)
+            for event in events:
+                position = event.id
+                yield _sse(event)
+                if event.type in TERMINAL_EVENT_TYPES:
+                    return
+            if events:
+                idle = 0.0
+                continue
+            idle += 1.0
+            if idle >= KEEPALIVE_S:
+                idle = 0.0
+                yield ": keepalive\n\n"
+                # The stream may have expired or missed its last event: the store decides.
+                run, _ = _load_run(runtime, principal, run_id)
+                if run.status in TERMINAL_RUN_STATUSES:
+                    yield _sse(
+                        RunEvent(
+                            id=position,
+                            type=f"run.{run.status}",
+                            data={"run_id": run_id, "status": run.status, "output": run.output},
+                        )
+                    )
+                    return
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/v1/runs/{run_id}/orchestration", response_model=OrchestrationOut)
+def get_orchestration(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> OrchestrationOut:
+    """The run's OrchestrationContext: decisions with rationale, budget, outcome, post-mortem."""
+    with tenant_session(runtime.db, principal.tenant_id) as session:
+        context = session.scalars(
+            select(OrchestrationContext).where(OrchestrationContext.run_id == run_id)
+        ).one_or_none()
+        if context is None:
+            raise not_found("run", run_id)
+        decisions = session.scalars(
+            select(OrchestrationDecision)
+            .where(OrchestrationDecision.context_id == context.id)
+            .order_by(OrchestrationDecision.seq)
+        ).all()
+        postmortem = session.scalars(
+            select(PostMortem).where(PostMortem.run_id == run_id)
+        ).one_or_none()
+        return OrchestrationOut(
+            run_id=run_id,
+            decisions=[
+                DecisionOut(
+                    seq=d.seq,
+                    dimensions=d.dimensions,
+                    rationale=d.rationale,
+                    source=d.source,
+                    fallback=d.fallback_reason,
+                    input_range={"from_seq": d.input_from_seq, "to_seq": d.input_to_seq},
+                    expected_outcome=d.expected_outcome,
+                    outcome=d.actual_outcome,
+                    input_tokens=d.input_tokens,
+                    output_tokens=d.output_tokens,
+                    latency_ms=d.latency_ms,
+                    created_at=d.created_at,
+                )
+                for d in decisions
+            ],
+            cursor=context.cursor_seq,
+            budget={"token_budget": context.token_budget, "tokens_used": context.tokens_used},
+            summary=context.summary,
+            outcome=context.outcome,
+            postmortem=(
+                {
+                    "facts": postmortem.facts,
+                    "review": postmortem.review,
+                    "created_at": postmortem.created_at.isoformat(),
+                }
+                if postmortem
+                else None
+            ),
+        )

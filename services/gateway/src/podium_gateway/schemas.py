@@ -1,0 +1,150 @@
+"""Request and response bodies of the v1 HTTP API (DESIGN §5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    default_agent: str
+    created_at: datetime
+
+
+class ApiKeyCreate(Strict):
+    name: str | None = Field(default=None, max_length=200)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    key: str = Field(description="The API key. It is shown only in this response.")
+    prefix: str
+    name: str | None
+    created_at: datetime
+
+
+class ThreadCreate(Strict):
+    title: str | None = Field(default=None, max_length=500)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ThreadOut(BaseModel):
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    last_agent: str | None
+    active_run_id: str | None
+    message_count: int
+    created_at: datetime
+
+
+class MessageOut(BaseModel):
+    id: str
+    seq: int
+    kind: str
+    role: str
+    agent: str | None
+    content: str
+    run_id: str | None
+    created_at: datetime
+
+
+class MessagePage(BaseModel):
+    data: list[MessageOut]
+    has_more: bool
+    next_after: int | None = Field(description="Pass as ?after= to read the next page.")
+
+
+class RunCreate(Strict):
+    input: str = Field(min_length=1, max_length=100_000)
+    agent: str | None = Field(default=None, pattern=NAME_PATTERN)
+    pattern: str | None = Field(default=None, max_length=50)
+    multitask: Literal["reject", "enqueue", "interrupt"] = Field(
+        default="enqueue",
+        description=(
+            "What to do if the thread already has an unfinished run: reject (409), enqueue "
+            "(start after it), or interrupt (cancel it, then start)."
+        ),
+    )
+
+
+class RunAccepted(BaseModel):
+    id: str
+    status: str
+    thread_id: str
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    agent_calls: int = 0
+
+
+class RunOut(BaseModel):
+    id: str
+    thread_id: str
+    status: str
+    pattern: str | None
+    step: str | None
+    output: str | None
+    usage: Usage
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class DecisionOut(BaseModel):
+    seq: int
+    dimensions: dict[str, Any]
+    rationale: str
+    source: str
+    fallback: str | None = Field(description="The fallback reason, or null if none happened.")
+    input_range: dict[str, int]
+    expected_outcome: str | None
+    outcome: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    created_at: datetime
+
+
+class OrchestrationOut(BaseModel):
+    run_id: str
+    decisions: list[DecisionOut]
+    cursor: int
+    budget: dict[str, int]
+    summary: str | None
+    outcome: dict[str, Any] | None
+    postmortem: dict[str, Any] | None
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str
+    instructions: str
+    provider: str | None
+    model: str | None
+    temperature: float
+    max_output_tokens: int
+    tools: list[Any]
+    sub_agents: list[Any]
+
+
+class AgentList(BaseModel):
+    data: list[AgentOut]

@@ -1,0 +1,87 @@
+"""Versioned message schemas for everything that crosses a queue.
+
+Each message carries ``schema_version`` and a unique ``id`` (consumers deduplicate by it).
+A consumer accepts the versions it knows and rejects the rest with ``MessageError``, so a
+message from a newer producer is dead-lettered instead of being misread.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from podium.queues import Queue, TaskName
+from podium.store.models import new_id, utcnow
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid message of the expected kind and version."""
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    TASK: ClassVar[TaskName]
+    QUEUE: ClassVar[str | None] = None
+
+    id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AdvanceRun(Message):
+    """Ask the orchestrator to take the next step of a run."""
+
+    TASK: ClassVar[TaskName] = TaskName.ADVANCE_RUN
+    QUEUE: ClassVar[str | None] = Queue.ORCHESTRATOR.value
+
+    type: Literal["advance_run"] = "advance_run"
+    schema_version: Literal[1] = 1
+    run_id: str
+    reason: Literal["run.created", "call.finished", "run.cancel", "thread.released"]
+    call_id: str | None = None
+
+
+class ExecuteAgentCall(Message):
+    """Ask an agent-worker pool to execute one AgentCall."""
+
+    TASK: ClassVar[TaskName] = TaskName.EXECUTE_AGENT_CALL
+    # The queue is the agent's pool (agents.<pool>), chosen at dispatch.
+
+    type: Literal["execute_agent_call"] = "execute_agent_call"
+    schema_version: Literal[1] = 1
+    call_id: str
+    run_id: str
+
+
+class RunCompleted(Message):
+    """A run reached a terminal state; the learner writes its post-mortem."""
+
+    TASK: ClassVar[TaskName] = TaskName.RUN_COMPLETED
+    QUEUE: ClassVar[str | None] = Queue.LEARNER.value
+
+    type: Literal["run.completed"] = "run.completed"
+    schema_version: Literal[1] = 1
+    run_id: str
+    tenant_id: str
+    status: Literal["completed", "failed", "cancelled"]
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_message(model: type[M], payload: Any) -> M:
+    """Validate a received payload, with an error that names what was wrong."""
+    if not isinstance(payload, dict):
+        raise MessageError(
+            f"{model.__name__}: expected a JSON object, got {type(payload).__name__}"
+        )
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MessageError(f"{model.__name__}: {problems}") from exc

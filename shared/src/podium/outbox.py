@@ -1,0 +1,91 @@
+"""Transactional outbox (DESIGN §6): a message to another service is written in the same
+transaction as the state change that caused it, published right after the commit, and
+re-published by a periodic sweep if that publish did not happen (crash, broker outage).
+Delivery is therefore at-least-once; consumers deduplicate by message id.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from podium.messages import Message
+from podium.store.db import Database
+from podium.store.models import OutboxMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def stage(session: Session, message: Message, queue: str) -> OutboxMessage:
+    """Add ``message`` to the outbox inside the caller's transaction."""
+    row = OutboxMessage(
+        id=message.id,
+        task=message.TASK.value,
+        queue=queue,
+        payload=message.model_dump(mode="json"),
+    )
+    session.add(row)
+    return row
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, celery: Celery) -> None:
+        self.db = db
+        self.celery = celery
+
+    def _send(self, task: str, queue: str, payload: dict[str, Any]) -> None:
+        self.celery.send_task(task, args=[payload], queue=queue, task_id=payload.get("id"))
+
+    def publish(self, rows: list[OutboxMessage]) -> int:
+        """Publish staged rows after their transaction committed. Failures are left to the sweep."""
+        sent: list[str] = []
+        for row in rows:
+            try:
+                self._send(row.task, row.queue, row.payload)
+            except Exception as exc:  # broker down: the sweep retries later
+                log.warning("outbox publish of %s failed, left for the sweep: %s", row.id, exc)
+                break
+            sent.append(row.id)
+        if sent:
+            self._mark_published(sent)
+        return len(sent)
+
+    def _mark_published(self, ids: list[str]) -> None:
+        with self.db.session() as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids))
+                .values(published_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    def sweep(self, older_than_s: float = 5.0, limit: int = 200) -> int:
+        """Publish rows whose immediate publish never happened. Returns how many were sent."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self.db.session() as session:
+            query = (
+                select(OutboxMessage)
+                .where(OutboxMessage.published_at.is_(None), OutboxMessage.created_at < cutoff)
+                .order_by(OutboxMessage.created_at)
+                .limit(limit)
+            )
+            if self.db.is_postgres:
+                # Two sweepers (two orchestrator replicas) take disjoint rows.
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.scalars(query))
+            sent = 0
+            for row in rows:
+                try:
+                    self._send(row.task, row.queue, row.payload)
+                except Exception as exc:
+                    log.warning("outbox sweep: publish failed, will retry: %s", exc)
+                    break
+                row.attempts += 1
+                row.published_at = utcnow()
+                sent += 1
+            return sent

@@ -1,0 +1,26 @@
+"""Queue and task names, defined once for every service (DESIGN §2)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+AGENTS_QUEUE_PREFIX = "agents."
+
+
+class Queue(StrEnum):
+    ORCHESTRATOR = "orchestrator"
+    LEARNER = "learner"
+    AGENTS_DEFAULT = "agents.default"
+
+
+class TaskName(StrEnum):
+    ADVANCE_RUN = "podium.orchestrator.advance_run"
+    EXECUTE_AGENT_CALL = "podium.agent_worker.execute_call"
+    RUN_COMPLETED = "podium.learner.run_completed"
+
+
+def agents_queue(pool: str) -> str:
+    """The queue of one agent-worker pool (``agents.default``, ``agents.heavy``...)."""
+    if not pool or not all(c.isalnum() or c in "-_" for c in pool):
+        raise ValueError(f"invalid agent pool name: {pool!r}")
+    return f"{AGENTS_QUEUE_PREFIX}{pool}"
