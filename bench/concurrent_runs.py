@@ -45,8 +45,10 @@ def main() -> int:
     admit_s = time.perf_counter() - t0
     run_ids = [r for r, _ in submitted]
     post_ms = sorted(ms for _, ms in submitted)
-    print(f"submitted {len(run_ids)} runs concurrently in {admit_s:.2f}s "
-          f"(POST p50 {statistics.median(post_ms):.0f} ms, max {post_ms[-1]:.0f} ms)")
+    print(
+        f"submitted {len(run_ids)} runs concurrently in {admit_s:.2f}s "
+        f"(POST p50 {statistics.median(post_ms):.0f} ms, max {post_ms[-1]:.0f} ms)"
+    )
 
     deadline = time.monotonic() + args.timeout
     pending = set(run_ids)
@@ -60,8 +62,10 @@ def main() -> int:
         time.sleep(0.2)
     done_s = time.perf_counter() - t0
     completed = sum(1 for s in statuses.values() if s == "completed")
-    print(f"completed: {completed}/{len(run_ids)} in {done_s:.2f}s; "
-          f"other terminal: {len(statuses) - completed}; still pending: {len(pending)}")
+    print(
+        f"completed: {completed}/{len(run_ids)} in {done_s:.2f}s; "
+        f"other terminal: {len(statuses) - completed}; still pending: {len(pending)}"
+    )
 
     bad: list[str] = []
     postmortems = 0
@@ -76,8 +80,10 @@ def main() -> int:
         postmortems += orch["postmortem"] is not None
         if len(answers) != 1 or len(orch["decisions"]) != 1 or len(decisions) != 1:
             bad.append(f"{run_id}: {len(answers)} answers, {len(orch['decisions'])} decisions")
-    print(f"runs with exactly one agent message and one decision with a rationale: "
-          f"{len(run_ids) - len(bad)}/{len(run_ids)}")
+    print(
+        f"runs with exactly one agent message and one decision with a rationale: "
+        f"{len(run_ids) - len(bad)}/{len(run_ids)}"
+    )
     print(f"post-mortems held by the learner: {postmortems}/{len(run_ids)}")
     for line in bad[:10]:
         print("  problem:", line)

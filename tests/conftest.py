@@ -18,6 +18,8 @@ from podium.store.provision import drop_database, ensure_database
 from tests.support.services import ensure_postgres, ensure_redis
 from tests.support.stack import Stack, free_port
 
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 PG_SERVER = os.environ.get("PODIUM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("PODIUM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -64,6 +66,16 @@ def stack(
         PODIUM_SIMULATED_LATENCY_MS="30",
         PODIUM_LOG_LEVEL="INFO",
         PODIUM_OUTBOX_SWEEP_S="1",
+        # Scripted simulated model, a seventh pattern, and a quick decision timeout.
+        PODIUM_SIMULATED_SCRIPT=str(FIXTURES / "sim_script.yaml"),
+        PODIUM_PATTERNS_FILE=str(FIXTURES / "patterns_with_seventh.yaml"),
+        PYTHONPATH=str(ROOT),
+        PODIUM_ORCHESTRATOR_TIMEOUT_S="1.5",
+        # An OpenAI endpoint nobody listens on, with the simulated provider as fallback.
+        PODIUM_OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+        PODIUM_OPENAI_API_KEY="not-a-real-key",
+        PODIUM_PROVIDER_FALLBACKS="simulated",
+        PODIUM_LLM_RETRY_BASE_DELAY_S="0.05",
     )
     stack = Stack(workdir, env)
     stack.podium("migrate")

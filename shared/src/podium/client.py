@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -95,12 +96,16 @@ class PodiumClient:
         agent: str | None = None,
         pattern: str | None = None,
         idempotency_key: str | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
+        """Start a run. ``options`` are further body fields: max_tokens, max_cost_usd,
+        max_iterations, deadline_s, multitask."""
         body: dict[str, Any] = {"input": prompt}
         if agent:
             body["agent"] = agent
         if pattern:
             body["pattern"] = pattern
+        body.update({k: v for k, v in options.items() if v is not None})
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return dict(
             self.request("POST", f"/v1/threads/{thread_id}/runs", json=body, headers=headers)
@@ -118,6 +123,24 @@ class PodiumClient:
                 "GET", f"/v1/threads/{thread_id}/messages", params={"after": after, "limit": limit}
             )
         )
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/agents")["data"])
+
+    def get_agent(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/agents/{quote(name, safe='')}"))
+
+    def put_agent(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace the agent ``name`` with the whole definition ``body``."""
+        return dict(self.request("PUT", f"/v1/agents/{quote(name, safe='')}", json=body))
+
+    def delete_agent(self, name: str) -> None:
+        response = self.http.delete(f"/v1/agents/{quote(name, safe='')}")
+        if response.status_code >= 400:
+            self._json(response)
+
+    def patterns(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/patterns")["data"])
 
     def events(
         self, run_id: str, last_event_id: str | None = None, timeout: float = 120.0

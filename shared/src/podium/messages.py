@@ -39,7 +39,15 @@ class AdvanceRun(Message):
     type: Literal["advance_run"] = "advance_run"
     schema_version: Literal[1] = 1
     run_id: str
-    reason: Literal["run.created", "call.finished", "run.cancel", "thread.released"]
+    reason: Literal[
+        "run.created",
+        "call.finished",
+        "run.cancel",
+        "run.resumed",
+        "user.answered",
+        "thread.released",
+        "deadline",
+    ]
     call_id: str | None = None
 
 

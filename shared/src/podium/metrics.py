@@ -33,6 +33,19 @@ RUN_DURATION = Histogram(
 DECISIONS = Counter(
     "podium_orchestrator_decisions_total", "Orchestration decisions", ["pattern", "source"]
 )
+DECISION_FALLBACKS = Counter(
+    "podium_orchestrator_fallbacks_total", "Decisions that fell back", ["reason"]
+)
+DECISION_LATENCY = Histogram(
+    "podium_orchestrator_decision_duration_seconds",
+    "Orchestrator agent decision latency",
+    ["phase"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DECISION_TOKENS = Counter(
+    "podium_orchestrator_decision_tokens_total", "Orchestrator agent tokens", ["phase", "direction"]
+)
+GUARD_HITS = Counter("podium_orchestrator_guard_hits_total", "Guards that tripped", ["guard"])
 AGENT_CALLS = Counter(
     "podium_agent_calls_total", "Agent calls finished", ["agent", "provider", "status"]
 )

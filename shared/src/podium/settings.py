@@ -12,6 +12,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite:///./podium.db"
+# Mirrors podium.llm.PROVIDER_NAMES (importing it here would be circular).
+_PROVIDER_NAMES = ("simulated", "openai", "anthropic")
 
 
 class Settings(BaseSettings):
@@ -42,16 +44,42 @@ class Settings(BaseSettings):
     mode: Literal["distributed", "embedded"] = "distributed"
 
     llm_model: str = "simulated-1"
+    # Patterns file (default: the one shipped in the podium package).
+    patterns_file: str | None = None
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
     simulated_stream_chunk_chars: int = Field(default=12, ge=1)
     simulated_seed: int = 0
+    # YAML rules that script the simulated model's answers and decisions (see
+    # podium.llm.simulated_script); unset means the packaged default script.
+    simulated_script: str | None = None
 
     # The longest an agent call's provider request may take; the broker's visibility timeout
     # is derived from it so a slow call is never redelivered while still running.
     call_timeout_s: float = Field(default=300.0, gt=0)
+
+    # --- the Orchestrator agent -----------------------------------------------------------
+    # Provider and model of the Orchestrator agent (default: PODIUM_LLM_PROVIDER / _MODEL).
+    orchestrator_provider: Literal["simulated", "openai", "anthropic"] | None = None
+    orchestrator_model: str | None = None
+    # A decision later than this falls back (reason "timeout").
+    orchestrator_timeout_s: float = Field(default=30.0, gt=0)
+    orchestrator_max_output_tokens: int = Field(default=512, ge=64)
+    # "required" lets the model pick among its tools; a tool name forces that one tool, for
+    # servers that only honour forced calls (llama.cpp with small models).
+    orchestrator_tool_choice: str = "required"
+    # Tokens one run's decisions may spend in all; past it, decisions fall back.
+    orchestrator_token_budget: int = Field(default=20000, ge=100)
+    # Rendered decision history above this is summarised (oldest decisions first).
+    orchestrator_history_tokens: int = Field(default=600, ge=50)
+
+    # --- guards (DESIGN §3) ---------------------------------------------------------------
+    run_max_tokens: int = Field(default=200_000, ge=1)
+    run_max_cost_usd: float = Field(default=5.0, gt=0)
+    run_max_iterations: int = Field(default=100, ge=1)
+    max_delegation_depth: int = Field(default=5, ge=1)
     run_deadline_s: float = Field(default=1800.0, gt=0)
     agents_pool: str = "default"
     worker_concurrency: int = Field(default=64, ge=1)
@@ -70,11 +98,56 @@ class Settings(BaseSettings):
     # Port of a Celery service's /metrics endpoint (0 disables it).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # Price table for cost accounting (default: prices.yaml shipped in the podium package).
+    prices_file: str | None = None
+    # Providers tried, in order, once the call's own provider has failed: comma-separated
+    # names such as "openai,simulated". A plain string because pydantic-settings would
+    # otherwise demand JSON for a list.
+    provider_fallbacks: str = ""
+    # Tries per provider (the first one included) before moving to the next provider.
+    llm_max_attempts: int = Field(default=3, ge=1, le=10)
+    llm_retry_base_delay_s: float = Field(default=0.2, ge=0)
+    llm_retry_max_delay_s: float = Field(default=8.0, ge=0)
+    # LLM <-> tool round trips one agent call may make before it must answer.
+    agent_max_tool_steps: int = Field(default=8, ge=1)
+    # A thread longer than this (estimated tokens) has its older part summarised ...
+    agent_context_budget_tokens: int = Field(default=6000, ge=1)
+    # ... while about this many tokens of the newest messages are kept verbatim.
+    agent_keep_recent_tokens: int = Field(default=2000, ge=0)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ValueError("PODIUM_ADMIN_KEY must be at least 16 characters")
         return self
+
+    @model_validator(mode="after")
+    def _check_llm_and_agent(self) -> Settings:
+        unknown = [n for n in self.fallback_providers if n not in _PROVIDER_NAMES]
+        if unknown:
+            raise ValueError(
+                f"PODIUM_PROVIDER_FALLBACKS: unknown provider(s) {', '.join(unknown)}; "
+                f"valid providers: {', '.join(_PROVIDER_NAMES)}"
+            )
+        if self.llm_retry_max_delay_s < self.llm_retry_base_delay_s:
+            raise ValueError(
+                "PODIUM_LLM_RETRY_MAX_DELAY_S must be >= PODIUM_LLM_RETRY_BASE_DELAY_S"
+            )
+        if self.agent_keep_recent_tokens >= self.agent_context_budget_tokens:
+            raise ValueError(
+                "PODIUM_AGENT_KEEP_RECENT_TOKENS must be below PODIUM_AGENT_CONTEXT_BUDGET_TOKENS"
+            )
+        return self
+
+    @property
+    def fallback_providers(self) -> list[str]:
+        """PODIUM_PROVIDER_FALLBACKS as a list: trimmed, without blanks or repeats."""
+        names: list[str] = []
+        for raw in self.provider_fallbacks.split(","):
+            name = raw.strip()
+            if name and name not in names:
+                names.append(name)
+        return names
 
     @property
     def effective_broker_url(self) -> str:

@@ -1,22 +1,34 @@
-"""Executing one AgentCall: build the prompt from the thread, call the provider with
-streaming, and commit the answer exactly once.
+"""Executing one AgentCall (DESIGN §1): claim it, build its context (compacting the thread if
+it is over the agent's budget), run the LLM ↔ tools loop with retries and the fallback
+provider chain, and commit the outcome exactly once.
 
-Idempotency: a call already in a terminal state is skipped without spending on the provider,
-and the commit is a conditional update (``status = running``) plus a unique ``dedupe_key`` on
-the agent's message, so a redelivered task can never append a second answer.
+Idempotency: a call already in a terminal state is skipped without spending on the provider;
+the commit is a conditional update (``status = running``) plus a unique ``dedupe_key`` on the
+agent's message, so a redelivered task never appends a second answer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
-from podium.llm import ChatMessage, ChatRequest, LLMProvider, ProviderError, build_provider
+from podium.llm import ChatMessage, ChatRequest, ChatResult, ProviderError, ToolCall
+from podium.llm.resilience import (
+    AllProvidersFailed,
+    RetryPolicy,
+    Stopped,
+    complete_with_fallback,
+    provider_chain,
+)
 from podium.messages import AdvanceRun, ExecuteAgentCall
 from podium.metrics import AGENT_CALL_DURATION, AGENT_CALLS, AGENT_TOKENS, agent_label
+from podium.pricing import PriceTable
 from podium.runtime import Runtime
 from podium.store import (
     TERMINAL_CALL_STATUSES,
@@ -30,13 +42,15 @@ from podium.store import (
     utcnow,
 )
 from podium.store.threads import append_event
+from podium.tools_catalog import CONTROL_TOOLS
+from podium_agent_worker.compaction import Entry, plan_compaction, summarize
+from podium_agent_worker.context import CallContext, load_context, render
 from podium_agent_worker.streaming import DeltaBatcher
+from podium_agent_worker.tools import ToolContext, default_registry
+from podium_agent_worker.tools.search_impl import search_events
 
 log = logging.getLogger(__name__)
 
-# Thread events an agent sees, newest last (compaction replaces this cap in a later issue).
-CONTEXT_EVENTS = 50
-RETRY_DELAYS_S = (0.2, 0.8, 2.0)
 CANCEL_CHECK_S = 0.25
 
 
@@ -44,19 +58,38 @@ class CallCancelled(Exception):
     pass
 
 
+@dataclass
+class Outcome:
+    content: str = ""
+    control: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    provider: str | None = None
+    model: str | None = None
+    ttft_ms: float | None = None
+    tool_steps: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: ChatResult, cost: float) -> None:
+        self.input_tokens += result.usage.input_tokens
+        self.output_tokens += result.usage.output_tokens
+        self.cost_usd += cost
+        self.provider, self.model = result.provider, result.model
+        if self.ttft_ms is None:
+            self.ttft_ms = result.ttft_ms
+
+
 class Executor:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._providers: dict[str, LLMProvider] = {}
+        self.settings = runtime.settings
+        self.tools = default_registry()
+        self.prices = PriceTable.load(self.settings.prices_file)
+        self.policy = RetryPolicy.from_settings(self.settings)
 
-    def provider(self, name: str | None) -> LLMProvider:
-        key = name or self.runtime.settings.llm_provider
-        if key not in self._providers:
-            self._providers[key] = build_provider(self.runtime.settings, key)
-        return self._providers[key]
-
-    # --- phase 1: claim --------------------------------------------------------------------
-    def _claim(self, message: ExecuteAgentCall) -> tuple[AgentCall, list[ChatMessage]] | None:
+    # --- phase 1: claim -------------------------------------------------------------------
+    def _claim(self, message: ExecuteAgentCall) -> tuple[AgentCall, Run, CallContext] | None:
         with self.runtime.transaction() as tx:
             session = tx.session
             query = select(AgentCall).where(AgentCall.id == message.call_id)
@@ -77,80 +110,207 @@ class Executor:
             call.status = CallStatus.RUNNING
             call.attempts += 1
             call.started_at = utcnow()
-            events = list(
-                session.scalars(
-                    select(ThreadEvent)
-                    .where(
-                        ThreadEvent.thread_id == call.thread_id,
-                        ThreadEvent.seq <= call.context_until_seq,
-                        ThreadEvent.kind.in_(
-                            [EventKind.USER_MESSAGE.value, EventKind.AGENT_MESSAGE.value]
-                        ),
-                    )
-                    .order_by(ThreadEvent.seq.desc())
-                    .limit(CONTEXT_EVENTS)
-                )
-            )
-            messages = [
-                ChatMessage(role="system", content=str(call.params.get("instructions", "")))
-            ]
-            for event in reversed(events):
-                if event.kind == EventKind.USER_MESSAGE:
-                    messages.append(ChatMessage(role="user", content=event.content))
-                else:
-                    messages.append(
-                        ChatMessage(role="assistant", content=event.content, name=event.agent)
-                    )
+            context = load_context(session, call, run)
+            session.flush()
             session.expunge(call)
-            return call, messages
+            session.expunge(run)
+            return call, run, context
 
-    # --- phase 2: call the provider (no transaction held) ---------------------------------
-    def _cancel_requested(self, run_id: str) -> bool:
+    # --- cancellation ---------------------------------------------------------------------
+    def _stopped(self, call: AgentCall) -> bool:
         with self.runtime.db.session() as session:
-            return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+            row = session.execute(
+                select(AgentCall.status, Run.cancel_requested)
+                .join(Run, Run.id == AgentCall.run_id)
+                .where(AgentCall.id == call.id)
+            ).first()
+        return row is None or row[0] != CallStatus.RUNNING or bool(row[1])
 
-    def _call_provider(
-        self, call: AgentCall, messages: list[ChatMessage]
-    ) -> tuple[Any, LLMProvider]:
+    # --- compaction -----------------------------------------------------------------------
+    def _compact(self, call: AgentCall, ctx: CallContext, outcome: Outcome) -> None:
+        plan = plan_compaction(
+            ctx.entries,
+            self.settings.agent_context_budget_tokens,
+            self.settings.agent_keep_recent_tokens,
+        )
+        if plan is None:
+            return
+        older, recent = plan
+        chain = provider_chain(self.settings, call.params.get("provider"), [])
+        model = call.params.get("model") or self.settings.llm_model
+        text, usage = summarize(chain[0], model, older)
+        outcome.input_tokens += usage.input_tokens
+        outcome.output_tokens += usage.output_tokens
+        last_seq = older[-1].seq
+        try:
+            with self.runtime.db.session() as session:
+                event = append_event(
+                    session,
+                    tenant_id=call.tenant_id,
+                    thread_id=call.thread_id,
+                    kind=EventKind.SUMMARY,
+                    role="system",
+                    content=text,
+                    run_id=call.run_id,
+                    call_id=call.id,
+                    data={"covers_through_seq": last_seq},
+                    dedupe_key=f"summary:{call.thread_id}:{last_seq}",
+                )
+                seq = event.seq
+        except IntegrityError:
+            seq = last_seq  # another call summarised the same range first
+        ctx.entries = [Entry(seq, EventKind.SUMMARY, "system", None, text), *recent]
+
+    # --- phase 2: the LLM ↔ tools loop (no transaction held) -----------------------------
+    def _loop(self, call: AgentCall, ctx: CallContext) -> Outcome:
         params = call.params
-        provider = self.provider(params.get("provider"))
-        settings = self.runtime.settings
+        outcome = Outcome()
+        self._compact(call, ctx, outcome)
+        messages = render(ctx, call.agent)
+        allowed = [t for t in params.get("tools", []) if t not in CONTROL_TOOLS]
+        specs = self.tools.specs_for(allowed) + [
+            CONTROL_TOOLS[t] for t in params.get("control_tools", []) if t in CONTROL_TOOLS
+        ]
+        chain = provider_chain(
+            self.settings, params.get("provider"), self.settings.fallback_providers
+        )
         last_check = [time.monotonic()]
 
-        def check_cancel() -> None:
+        def should_stop() -> bool:
             now = time.monotonic()
-            if now - last_check[0] >= CANCEL_CHECK_S:
-                last_check[0] = now
-                if self._cancel_requested(call.run_id):
-                    raise CallCancelled
+            if now - last_check[0] < CANCEL_CHECK_S:
+                return False
+            last_check[0] = now
+            return self._stopped(call)
+
+        def on_flush() -> None:
+            if should_stop():
+                raise CallCancelled
 
         batcher = DeltaBatcher(
             self.runtime.events,
             call.run_id,
             call.id,
             call.agent,
-            settings.delta_flush_ms,
-            on_flush=check_cancel,
+            self.settings.delta_flush_ms,
+            on_flush=on_flush,
         )
-        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+        tool_ctx = ToolContext(call.tenant_id, call.thread_id, call.run_id, self._searcher(call))
+        max_steps = self.settings.agent_max_tool_steps
+        for step in range(max_steps + 1):
+            if step and self._stopped(call):
+                raise CallCancelled
             request = ChatRequest(
-                model=params.get("model") or settings.llm_model,
+                model=params.get("model") or self.settings.llm_model,
                 messages=messages,
                 temperature=float(params.get("temperature", 0.0)),
                 max_tokens=int(params.get("max_output_tokens", 1024)),
-                timeout_s=settings.call_timeout_s,
-                metadata={"agent": call.agent, "attempt": attempt, "call_id": call.id},
+                tools=specs if step < max_steps else [],
+                timeout_s=self.settings.call_timeout_s,
+                metadata={
+                    "purpose": "agent",
+                    "agent": call.agent,
+                    "role": call.role,
+                    "step": step,
+                    "call_id": call.id,
+                    "run_id": call.run_id,
+                },
             )
             try:
-                result = provider.complete(request, on_delta=batcher)
-                batcher.flush()
-                return result, provider
-            except ProviderError as exc:
-                if not exc.retryable or delay is None:
-                    raise
-                log.info("call %s: %s; retrying in %.1fs", call.id, exc, delay)
-                time.sleep(max(delay, exc.retry_after_s or 0))
-        raise AssertionError("unreachable")
+                rr = complete_with_fallback(
+                    chain, request, policy=self.policy, on_delta=batcher, should_stop=should_stop
+                )
+            except Stopped:
+                raise CallCancelled from None
+            batcher.flush()
+            result = rr.result
+            outcome.add(
+                result,
+                self.prices.estimate(
+                    result.model,
+                    result.provider,
+                    result.usage.input_tokens,
+                    result.usage.output_tokens,
+                ).usd,
+            )
+            outcome.attempts += [a.__dict__ for a in rr.attempts if a.error]
+            if not result.tool_calls:
+                outcome.content = result.content
+                return outcome
+            control = next((tc for tc in result.tool_calls if tc.name in CONTROL_TOOLS), None)
+            if control is not None:
+                outcome.content = result.content
+                outcome.control = {"control": control.name, **control.arguments}
+                return outcome
+            outcome.tool_steps += 1
+            messages.append(
+                ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
+            )
+            for index, tc in enumerate(result.tool_calls):
+                text, ok = self.tools.run(tc.name, tc.arguments, tool_ctx, allowed=allowed)
+                self._record_tool(call, step, index, tc, text, ok)
+                messages.append(
+                    ChatMessage(role="tool", content=text, tool_call_id=tc.id, name=tc.name)
+                )
+        raise AssertionError("unreachable: the last step offers no tools")
+
+    def _searcher(self, call: AgentCall) -> Any:
+        def search(query: str, limit: int) -> list[dict[str, Any]]:
+            with self.runtime.db.session() as session:
+                rows = session.execute(
+                    select(
+                        ThreadEvent.seq, ThreadEvent.role, ThreadEvent.agent, ThreadEvent.content
+                    )
+                    .where(
+                        ThreadEvent.thread_id == call.thread_id,
+                        ThreadEvent.kind.in_(
+                            [EventKind.USER_MESSAGE.value, EventKind.AGENT_MESSAGE.value]
+                        ),
+                    )
+                    .order_by(ThreadEvent.seq.desc())
+                    .limit(1000)
+                ).all()
+            return search_events([(r[0], r[1], r[2], r[3]) for r in rows], query, limit)
+
+        return search
+
+    def _record_tool(
+        self, call: AgentCall, step: int, index: int, tc: ToolCall, text: str, ok: bool
+    ) -> None:
+        self._publish(
+            call.run_id,
+            "agent_call.tool",
+            {
+                "call_id": call.id,
+                "agent": call.agent,
+                "tool": tc.name,
+                "ok": ok,
+            },
+        )
+        try:
+            with self.runtime.db.session() as session:
+                for kind, content in (
+                    (
+                        EventKind.TOOL_REQUEST,
+                        f"{tc.name}({json.dumps(tc.arguments, sort_keys=True)})",
+                    ),
+                    (EventKind.TOOL_RESPONSE, text),
+                ):
+                    append_event(
+                        session,
+                        tenant_id=call.tenant_id,
+                        thread_id=call.thread_id,
+                        kind=kind,
+                        role="tool",
+                        agent=call.agent,
+                        content=content,
+                        run_id=call.run_id,
+                        call_id=call.id,
+                        data={"tool": tc.name, "ok": ok},
+                        dedupe_key=f"tool:{call.id}:{step}:{index}:{kind.value}",
+                    )
+        except IntegrityError:
+            pass  # a redelivered call already recorded this step
 
     # --- phase 3: commit once -------------------------------------------------------------
     def _commit(self, call: AgentCall, values: dict[str, Any], answer: str | None) -> bool:
@@ -164,7 +324,7 @@ class Executor:
             ).rowcount  # type: ignore[attr-defined]
             if not won:
                 return False  # cancelled meanwhile, or another delivery committed first
-            if answer is not None:
+            if answer:
                 event = append_event(
                     session,
                     tenant_id=call.tenant_id,
@@ -203,19 +363,33 @@ class Executor:
         claimed = self._claim(message)
         if claimed is None:
             return None
-        call, messages = claimed
-        self._publish(call.run_id, "agent_call.started", {"call_id": call.id, "agent": call.agent})
+        call, _run, ctx = claimed
+        self._publish(
+            call.run_id,
+            "agent_call.started",
+            {"call_id": call.id, "agent": call.agent, "role": call.role},
+        )
         started = time.perf_counter()
-        provider_name = call.params.get("provider") or self.runtime.settings.llm_provider
+        primary = call.params.get("provider") or self.settings.llm_provider
         try:
-            result, provider = self._call_provider(call, messages)
+            outcome = self._loop(call, ctx)
         except CallCancelled:
             self._commit(call, {"status": CallStatus.CANCELLED}, None)
-            self._publish(call.run_id, "agent_call.cancelled", {"call_id": call.id})
-            AGENT_CALLS.labels(agent_label(call.agent), provider_name, "cancelled").inc()
+            self._publish(
+                call.run_id, "agent_call.cancelled", {"call_id": call.id, "agent": call.agent}
+            )
+            AGENT_CALLS.labels(agent_label(call.agent), primary, "cancelled").inc()
             return CallStatus.CANCELLED
-        except ProviderError as exc:
-            error = {"code": f"provider_{exc.kind.value}", "message": str(exc)}
+        except (AllProvidersFailed, ProviderError) as exc:
+            last = exc.last_error if isinstance(exc, AllProvidersFailed) else exc
+            attempts = (
+                [a.__dict__ for a in exc.attempts] if isinstance(exc, AllProvidersFailed) else []
+            )
+            error = {
+                "code": f"provider_{last.kind.value}",
+                "message": str(last),
+                "attempts": attempts,
+            }
             latency = (time.perf_counter() - started) * 1000
             self._commit(
                 call,
@@ -223,29 +397,41 @@ class Executor:
                     "status": CallStatus.FAILED,
                     "error": error,
                     "latency_ms": latency,
-                    "provider": exc.provider,
+                    "provider": last.provider,
                 },
                 None,
             )
-            self._publish(call.run_id, "agent_call.failed", {"call_id": call.id, "error": error})
-            AGENT_CALLS.labels(agent_label(call.agent), exc.provider, "failed").inc()
+            self._publish(
+                call.run_id,
+                "agent_call.failed",
+                {"call_id": call.id, "agent": call.agent, "error": error},
+            )
+            AGENT_CALLS.labels(agent_label(call.agent), last.provider, "failed").inc()
             return CallStatus.FAILED
         latency_ms = (time.perf_counter() - started) * 1000
         values = {
             "status": CallStatus.SUCCEEDED,
-            "output": result.content,
-            "provider": result.provider,
-            "model": result.model,
-            "input_tokens": result.usage.input_tokens,
-            "output_tokens": result.usage.output_tokens,
+            "output": outcome.content,
+            "result": outcome.control,
+            "provider": outcome.provider,
+            "model": outcome.model,
+            "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens,
+            "cost_usd": outcome.cost_usd,
             "latency_ms": latency_ms,
-            "ttft_ms": result.ttft_ms,
+            "ttft_ms": outcome.ttft_ms,
+            "tool_steps": outcome.tool_steps,
+            "error": {"retries": outcome.attempts} if outcome.attempts else None,
         }
-        if self._commit(call, values, result.content):
+        answer = None if outcome.control else outcome.content
+        if self._commit(call, values, answer):
+            provider = outcome.provider or primary
             usage = {
-                "input_tokens": result.usage.input_tokens,
-                "output_tokens": result.usage.output_tokens,
+                "input_tokens": outcome.input_tokens,
+                "output_tokens": outcome.output_tokens,
+                "cost_usd": round(outcome.cost_usd, 6),
                 "latency_ms": round(latency_ms, 1),
+                "tool_steps": outcome.tool_steps,
             }
             self._publish(
                 call.run_id,
@@ -253,12 +439,14 @@ class Executor:
                 {
                     "call_id": call.id,
                     "agent": call.agent,
-                    "provider": provider.name,
+                    "role": call.role,
+                    "provider": provider,
                     "usage": usage,
+                    "control": outcome.control,
                 },
             )
-            AGENT_CALLS.labels(agent_label(call.agent), provider.name, "succeeded").inc()
-            AGENT_CALL_DURATION.labels(provider.name).observe(latency_ms / 1000)
-            AGENT_TOKENS.labels(provider.name, "input").inc(result.usage.input_tokens)
-            AGENT_TOKENS.labels(provider.name, "output").inc(result.usage.output_tokens)
+            AGENT_CALLS.labels(agent_label(call.agent), provider, "succeeded").inc()
+            AGENT_CALL_DURATION.labels(provider).observe(latency_ms / 1000)
+            AGENT_TOKENS.labels(provider, "input").inc(outcome.input_tokens)
+            AGENT_TOKENS.labels(provider, "output").inc(outcome.output_tokens)
         return CallStatus.SUCCEEDED

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from podium.runtime import Runtime
 from podium_gateway.errors import install_error_handlers
 from podium_gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
-from podium_gateway.routes import agents, health, runs, tenants, threads
+from podium_gateway.routes import agents, health, patterns, runs, tenants, threads
 
 DESCRIPTION = """Podium runs LLM agents for many tenants. Every route under /v1 needs
 `Authorization: Bearer <key>`; admin routes need the admin key. Errors are JSON:
@@ -18,7 +18,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="Podium", version="1.0.0", description=DESCRIPTION)
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (tenants, threads, runs, agents, health):
+    for module in (tenants, threads, runs, agents, patterns, health):
         app.include_router(module.router)
     # Outermost first: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)

@@ -74,6 +74,20 @@ class RunCreate(Strict):
     input: str = Field(min_length=1, max_length=100_000)
     agent: str | None = Field(default=None, pattern=NAME_PATTERN)
     pattern: str | None = Field(default=None, max_length=50)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Token cap for this run (at most the deployment's cap)."
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Cost cap in USD for this run (at most the deployment's cap).",
+    )
+    max_iterations: int | None = Field(
+        default=None, ge=1, description="Agent-call cap for this run (at most the deployment's)."
+    )
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="Wall-clock deadline in seconds (at most the deployment's)."
+    )
     multitask: Literal["reject", "enqueue", "interrupt"] = Field(
         default="enqueue",
         description=(
@@ -92,6 +106,8 @@ class RunAccepted(BaseModel):
 class Usage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
+    orchestrator_tokens: int = 0
+    cost_usd: float = 0.0
     agent_calls: int = 0
 
 
@@ -104,6 +120,9 @@ class RunOut(BaseModel):
     output: str | None
     usage: Usage
     error: dict[str, Any] | None
+    limits: dict[str, Any] = Field(description="Token, cost and iteration caps of the run.")
+    guards: list[dict[str, Any]] = Field(description="Guards that tripped, in order.")
+    question: str | None = Field(description="While awaiting_input: the question to answer.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

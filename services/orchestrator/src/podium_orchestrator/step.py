@@ -1,10 +1,11 @@
 """``advance(run_id)``: the orchestrator's step function (DESIGN §2).
 
-A step loads the run, looks at what changed, asks the active pattern for the next actions,
-persists them with the messages they cause (outbox, same transaction), and returns. It never
-waits for an agent call. It is idempotent (state-based, not message-based) and safe when two
-calls of one run finish at once: the run row is locked on PostgreSQL and version-checked on
-every backend, and a step that loses the race is simply redone on fresh state.
+A step loads the run, looks at what changed, asks the Orchestrator agent or the active
+pattern for the next actions, persists them with the messages they cause (outbox, same
+transaction), and returns. It never waits for an agent call. It is state-based, so a
+duplicated trigger does no harm, and it is safe when two calls of one run finish at once: the
+run row is locked on PostgreSQL and version-checked everywhere, and a step that loses the
+race is redone on fresh state.
 """
 
 from __future__ import annotations
@@ -14,31 +15,47 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from podium.messages import AdvanceRun, ExecuteAgentCall, RunCompleted
-from podium.metrics import DECISIONS, RUN_DURATION, RUNS_FINISHED
-from podium.queues import agents_queue
+from podium.messages import AdvanceRun, RunCompleted
+from podium.metrics import RUN_DURATION, RUNS_FINISHED
 from podium.runtime import Runtime, Tx
 from podium.store import (
+    TERMINAL_CALL_STATUSES,
     TERMINAL_RUN_STATUSES,
-    Agent,
     AgentCall,
     CallStatus,
+    EventKind,
     OrchestrationContext,
     OrchestrationDecision,
     Run,
     RunStatus,
     Thread,
+    ThreadEvent,
     utcnow,
 )
-from podium_orchestrator.decision import decide_first
-from podium_orchestrator.patterns import PATTERNS, Complete, Dispatch, Fail, RunView, Wait
+from podium.store.threads import append_event
+from podium_orchestrator.control import ControlHandler
+from podium_orchestrator.decision import decide_first, decide_later
+from podium_orchestrator.dispatch import Dispatcher, DispatchError
+from podium_orchestrator.guards import caps_exceeded, deadline_passed, record_guard
+from podium_orchestrator.patterns import (
+    Complete,
+    Consult,
+    Dispatch,
+    Fail,
+    RunView,
+    Wait,
+    registry,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_STEP_RETRIES = 8
+MAX_CONSULTS_PER_STEP = 4
+MAX_QUESTIONS = 3
 
 
 @dataclass
@@ -52,14 +69,25 @@ class StepResult:
         self.events.append((type_, data))
 
 
+class RunBusy(Exception):
+    """Another step holds the run's lock; this trigger is retried shortly."""
+
+
 def advance(runtime: Runtime, message: AdvanceRun) -> StepResult:
     for _ in range(MAX_STEP_RETRIES):
         try:
             with runtime.transaction() as tx:
-                result = _step(runtime, tx, message.run_id)
+                result = Step(runtime, tx).run(message.run_id)
         except StaleDataError:
             log.info("run %s changed under this step; redoing it", message.run_id)
             continue
+        except OperationalError as exc:
+            if (
+                "could not obtain lock" in str(exc.orig)
+                or exc.orig.__class__.__name__ == "LockNotAvailable"
+            ):
+                raise RunBusy(message.run_id) from exc
+            raise
         _after_commit(runtime, message.run_id, result)
         return result
     raise RuntimeError(f"run {message.run_id}: step lost {MAX_STEP_RETRIES} races in a row")
@@ -78,40 +106,310 @@ def _after_commit(runtime: Runtime, run_id: str, result: StepResult) -> None:
             RUN_DURATION.labels(pattern).observe(result.duration_s)
 
 
-def _load_run(runtime: Runtime, session: Session, run_id: str) -> Run | None:
-    query = select(Run).where(Run.id == run_id)
-    if runtime.db.is_postgres:
-        query = query.with_for_update()
-    return session.scalars(query).one_or_none()
+class Step:
+    def __init__(self, runtime: Runtime, tx: Tx) -> None:
+        self.runtime = runtime
+        self.tx = tx
+        self.session: Session = tx.session
+        self.result = StepResult()
 
+    # --- entry ----------------------------------------------------------------------------
+    def run(self, run_id: str) -> StepResult:
+        query = select(Run).where(Run.id == run_id)
+        if self.runtime.db.is_postgres:
+            # NOWAIT: a step already holds the run; retry later instead of parking a thread.
+            query = query.with_for_update(nowait=True)
+        run = self.session.scalars(query).one_or_none()
+        if run is None:
+            log.warning("advance: run %s does not exist; ignoring", run_id)
+            return self.result
+        if run.status in TERMINAL_RUN_STATUSES:
+            return self.result
+        context = self.session.scalars(
+            select(OrchestrationContext).where(OrchestrationContext.run_id == run.id)
+        ).one()
+        if run.cancel_requested:
+            self._cancel_calls(run)
+            self._finish(run, context, RunStatus.CANCELLED)
+            return self.result
+        if deadline_passed(run):
+            record_guard(
+                run, "deadline", f"deadline {run.deadline_at:%H:%M:%S} passed", self.result.emit
+            )
+            self._cancel_calls(run)
+            self._finish(
+                run,
+                context,
+                RunStatus.FAILED,
+                error={
+                    "code": "deadline_exceeded",
+                    "message": "the run passed its wall-clock deadline",
+                },
+            )
+            return self.result
+        if run.status == RunStatus.BUDGET_HOLD:
+            return self.result  # waits for POST /v1/runs/{id}/resume
+        if run.status == RunStatus.QUEUED:
+            if not self._claim_thread(run):
+                return self.result  # another run owns the thread; it hands over when it ends
+            run.status = RunStatus.RUNNING
+            run.started_at = utcnow()
+            self.result.emit("run.started", thread_id=run.thread_id)
+            decision = decide_first(self.runtime, self.session, run, context)
+            self._emit_decision(decision)
+            if not self._apply_plan(run, context, decision):
+                return self.result
+        elif run.status == RunStatus.AWAITING_INPUT and not self._answered(run, context):
+            return self.result
+        self._progress(run, context)
+        return self.result
 
-def _step(runtime: Runtime, tx: Tx, run_id: str) -> StepResult:
-    session = tx.session
-    result = StepResult()
-    run = _load_run(runtime, session, run_id)
-    if run is None:
-        log.warning("advance: run %s does not exist; ignoring", run_id)
-        return result
-    if run.status in TERMINAL_RUN_STATUSES:
-        return result
-    context = session.scalars(
-        select(OrchestrationContext).where(OrchestrationContext.run_id == run.id)
-    ).one()
-    if run.cancel_requested:
-        _cancel_calls(session, run)
-        _finish(tx, run, context, result, RunStatus.CANCELLED, error=None)
-        return result
-    if run.status == RunStatus.QUEUED:
-        if not _claim_thread(session, run):
-            return result  # another run owns the thread; it will hand over when it ends
+    # --- plans, questions, finishing early ------------------------------------------------
+    def _apply_plan(
+        self, run: Run, context: OrchestrationContext, decision: OrchestrationDecision
+    ) -> bool:
+        """Apply a plan decision; False if the run stops here (question asked, finished)."""
+        dims = decision.dimensions
+        if dims.get("question"):
+            asked = len((run.awaiting or {}).get("history", []))
+            if asked < MAX_QUESTIONS:
+                self._ask(run, context, decision, str(dims["question"]))
+                return False
+            record_guard(run, "question_cap", f"{asked} questions already asked", self.result.emit)
+        if dims.get("finish") and dims.get("kind") == "plan":
+            answer = str(dims.get("answer") or "")
+            if answer:
+                self._append_answer(run, "orchestrator", answer)
+                run.output = answer
+                decision.actual_outcome = {"status": "completed", "agent_calls": 0}
+                self._finish(run, context, RunStatus.COMPLETED)
+                return False
+        run.pattern = str(dims.get("pattern") or "direct")
+        return True
+
+    def _ask(
+        self,
+        run: Run,
+        context: OrchestrationContext,
+        decision: OrchestrationDecision,
+        question: str,
+    ) -> None:
+        event = self._append_answer(run, "orchestrator", question)
+        awaiting = dict(run.awaiting or {})
+        awaiting.update(
+            {"question": question, "decision_seq": decision.seq, "asked_seq": event.seq}
+        )
+        awaiting["history"] = [*awaiting.get("history", []), question]
+        run.awaiting = awaiting
+        run.status = RunStatus.AWAITING_INPUT
+        run.step = "awaiting_input"
+        context.cursor_seq = event.seq
+        self.result.emit("run.awaiting_input", question=question)
+
+    def _answered(self, run: Run, context: OrchestrationContext) -> bool:
+        asked_seq = int((run.awaiting or {}).get("asked_seq", 0))
+        answer = self.session.scalars(
+            select(ThreadEvent)
+            .where(
+                ThreadEvent.thread_id == run.thread_id,
+                ThreadEvent.seq > asked_seq,
+                ThreadEvent.kind == EventKind.USER_MESSAGE.value,
+            )
+            .order_by(ThreadEvent.seq)
+            .limit(1)
+        ).first()
+        if answer is None:
+            return False
+        awaiting = dict(run.awaiting or {})
+        awaiting["answer"] = answer.content
+        run.awaiting = awaiting
         run.status = RunStatus.RUNNING
-        run.started_at = utcnow()
-        decision = decide_first(session, run, context)
-        session.flush()
-        run.pattern = decision.dimensions["pattern"]
-        DECISIONS.labels(run.pattern, decision.source).inc()
-        result.emit("run.started", thread_id=run.thread_id)
-        result.emit(
+        run.step = None
+        decision = decide_later(
+            self.runtime,
+            self.session,
+            run,
+            context,
+            kind="plan",
+            question=(
+                f"You asked the user: {awaiting.get('question')}\nThe user answered (above). "
+                "Decide how to execute the request now: choose_pattern, and route_to_agent or "
+                "compose_team as needed."
+            ),
+        )
+        self._emit_decision(decision)
+        return self._apply_plan(run, context, decision)
+
+    # --- the pattern loop -----------------------------------------------------------------
+    def _progress(self, run: Run, context: OrchestrationContext) -> None:
+        dispatcher = Dispatcher(self.runtime, self.tx, run, self.result.emit)
+        calls = self._calls(run)
+        control = ControlHandler(
+            self.runtime, self.session, run, context, dispatcher, self.result.emit
+        )
+        if control.handle(calls):
+            return  # a handoff or delegation took this step
+        for _ in range(MAX_CONSULTS_PER_STEP):
+            view = self._view(run, context, self._calls(run))
+            _, pattern = registry(self.runtime.settings.patterns_file)[run.pattern or "direct"]
+            actions = pattern.next_actions(view)
+            consult = next((a for a in actions if isinstance(a, Consult)), None)
+            if consult is None:
+                break
+            decision = decide_later(
+                self.runtime,
+                self.session,
+                run,
+                context,
+                kind="checkpoint",
+                question=consult.question,
+                checkpoint=consult.checkpoint,
+            )
+            self._emit_decision(decision)
+        else:
+            raise RuntimeError(f"run {run.id}: pattern kept consulting")
+        dispatches = [a for a in actions if isinstance(a, Dispatch)]
+        if dispatches:
+            hit = caps_exceeded(run, self._usage(run, context), len(calls) + len(dispatches))
+            if hit is not None:
+                record_guard(run, hit[0], hit[1], self.result.emit)
+                run.status = RunStatus.BUDGET_HOLD
+                run.step = "budget_hold"
+                self.result.emit("run.budget_hold", guard=hit[0], detail=hit[1], limits=run.limits)
+                return
+        plan = self._plan_decision(context)
+        for action in actions:
+            if isinstance(action, Dispatch):
+                try:
+                    dispatcher.dispatch(action, view, plan.seq)
+                except DispatchError as exc:
+                    plan.actual_outcome = {"status": "failed", "error": exc.code}
+                    self._finish(
+                        run,
+                        context,
+                        RunStatus.FAILED,
+                        error={"code": exc.code, "message": exc.message},
+                    )
+                    return
+            elif isinstance(action, Complete):
+                if action.append_as:
+                    self._append_answer(run, action.append_as, action.output)
+                run.output = action.output
+                plan.actual_outcome = {
+                    "status": "completed",
+                    "agent_calls": len(calls),
+                    "note": action.note,
+                }
+                self._finish(run, context, RunStatus.COMPLETED, note=action.note)
+                return
+            elif isinstance(action, Fail):
+                plan.actual_outcome = {"status": "failed", "error": action.code}
+                self._finish(
+                    run,
+                    context,
+                    RunStatus.FAILED,
+                    error={"code": action.code, "message": action.message},
+                )
+                return
+            elif isinstance(action, Wait):
+                pass
+
+    def _calls(self, run: Run) -> list[AgentCall]:
+        return list(
+            self.session.scalars(
+                select(AgentCall)
+                .where(AgentCall.run_id == run.id)
+                .order_by(AgentCall.created_at, AgentCall.id)
+            )
+        )
+
+    def _plan_decision(self, context: OrchestrationContext) -> OrchestrationDecision:
+        decisions = self._decisions(context)
+        plans = [d for d in decisions if d.dimensions.get("kind", "plan") in ("plan", "handoff")]
+        return plans[-1] if plans else decisions[-1]
+
+    def _decisions(self, context: OrchestrationContext) -> list[OrchestrationDecision]:
+        return list(
+            self.session.scalars(
+                select(OrchestrationDecision)
+                .where(OrchestrationDecision.context_id == context.id)
+                .order_by(OrchestrationDecision.seq)
+            )
+        )
+
+    def _view(self, run: Run, context: OrchestrationContext, calls: list[AgentCall]) -> RunView:
+        decisions = self._decisions(context)
+        plans = [d for d in decisions if d.dimensions.get("kind", "plan") == "plan"]
+        plan = plans[-1] if plans else decisions[-1]
+        dims = plan.dimensions
+        request = run.input
+        if run.awaiting and run.awaiting.get("answer"):
+            request += f"\n\n(The user clarified: {run.awaiting['answer']})"
+        spec = registry(self.runtime.settings.patterns_file)[run.pattern or "direct"][0]
+        return RunView(
+            run_id=run.id,
+            input=request,
+            agent=str(dims.get("agent")),
+            parameters=dict(dims.get("parameters") or {}),
+            team=list(dims.get("team") or []),
+            merge=dims.get("merge"),
+            options=spec.options,
+            calls=effective_calls(calls),
+            checkpoints={
+                str(d.dimensions["checkpoint"]): d.dimensions
+                for d in decisions
+                if d.dimensions.get("kind") == "checkpoint" and d.dimensions.get("checkpoint")
+            },
+        )
+
+    def _usage(self, run: Run, context: OrchestrationContext) -> dict[str, float]:
+        tokens, cost = self.session.execute(
+            select(
+                func.coalesce(func.sum(AgentCall.input_tokens + AgentCall.output_tokens), 0),
+                func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
+            ).where(AgentCall.run_id == run.id)
+        ).one()
+        return {"tokens": float(tokens) + context.tokens_used, "cost_usd": float(cost)}
+
+    # --- thread ownership, answers, events ------------------------------------------------
+    def _claim_thread(self, run: Run) -> bool:
+        """Runs of one thread execute one at a time, oldest first."""
+        oldest = self.session.scalars(
+            select(Run.id)
+            .where(
+                Run.thread_id == run.thread_id,
+                Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+            )
+            .order_by(Run.created_at, Run.id)
+            .limit(1)
+        ).first()
+        if oldest != run.id:
+            return False
+        claimed = self.session.execute(
+            update(Thread)
+            .where(
+                Thread.id == run.thread_id,
+                (Thread.active_run_id.is_(None)) | (Thread.active_run_id == run.id),
+            )
+            .values(active_run_id=run.id)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(claimed.rowcount)  # type: ignore[attr-defined]
+
+    def _append_answer(self, run: Run, agent: str, content: str) -> ThreadEvent:
+        return append_event(
+            self.session,
+            tenant_id=run.tenant_id,
+            thread_id=run.thread_id,
+            kind=EventKind.AGENT_MESSAGE,
+            role="assistant",
+            agent=agent,
+            content=content,
+            run_id=run.id,
+        )
+
+    def _emit_decision(self, decision: OrchestrationDecision) -> None:
+        self.result.emit(
             "decision",
             seq=decision.seq,
             dimensions=decision.dimensions,
@@ -119,165 +417,92 @@ def _step(runtime: Runtime, tx: Tx, run_id: str) -> StepResult:
             source=decision.source,
             fallback=decision.fallback_reason,
         )
-    decision = session.scalars(
-        select(OrchestrationDecision)
-        .where(OrchestrationDecision.context_id == context.id)
-        .order_by(OrchestrationDecision.seq.desc())
-        .limit(1)
-    ).one()
-    calls = list(
-        session.scalars(
-            select(AgentCall).where(AgentCall.run_id == run.id).order_by(AgentCall.created_at)
-        )
-    )
-    pattern = PATTERNS[run.pattern or "direct"]
-    parameters = dict(decision.dimensions.get("parameters", {}))
-    view = RunView(
-        run_id=run.id,
-        input=run.input,
-        agent=str(decision.dimensions["agent"]),
-        parameters=parameters,
-        calls=calls,
-    )
-    for action in pattern.next_actions(view):
-        if isinstance(action, Dispatch):
-            _dispatch(tx, run, decision, action, result)
-        elif isinstance(action, Complete):
-            run.output = action.output
-            decision.actual_outcome = {"status": "completed", "agent_calls": len(calls)}
-            _finish(tx, run, context, result, RunStatus.COMPLETED, error=None)
-        elif isinstance(action, Fail):
-            decision.actual_outcome = {"status": "failed", "error": action.code}
-            _finish(
-                tx,
-                run,
-                context,
-                result,
-                RunStatus.FAILED,
-                error={"code": action.code, "message": action.message},
+
+    def _cancel_calls(self, run: Run) -> None:
+        self.session.execute(
+            update(AgentCall)
+            .where(
+                AgentCall.run_id == run.id,
+                AgentCall.status.in_([CallStatus.PENDING.value, CallStatus.RUNNING.value]),
             )
-        elif isinstance(action, Wait):
-            pass
-    return result
-
-
-def _claim_thread(session: Session, run: Run) -> bool:
-    """Runs of one thread execute one at a time, oldest first."""
-    oldest = session.scalars(
-        select(Run.id)
-        .where(
-            Run.thread_id == run.thread_id,
-            Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+            .values(status=CallStatus.CANCELLED, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
         )
-        .order_by(Run.created_at, Run.id)
-        .limit(1)
-    ).first()
-    if oldest != run.id:
-        return False
-    claimed = session.execute(
-        update(Thread)
-        .where(
-            Thread.id == run.thread_id,
-            (Thread.active_run_id.is_(None)) | (Thread.active_run_id == run.id),
+
+    def _finish(
+        self,
+        run: Run,
+        context: OrchestrationContext,
+        status: RunStatus,
+        *,
+        error: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> None:
+        usage = self._usage(run, context)
+        totals = self.session.execute(
+            select(
+                func.coalesce(func.sum(AgentCall.input_tokens), 0),
+                func.coalesce(func.sum(AgentCall.output_tokens), 0),
+            ).where(AgentCall.run_id == run.id)
+        ).one()
+        run.status = status
+        run.error = error
+        run.finished_at = utcnow()
+        run.step = None
+        run.cost_usd = usage["cost_usd"]
+        run.usage = {
+            "input_tokens": int(totals[0]),
+            "output_tokens": int(totals[1]),
+            "orchestrator_tokens": context.tokens_used,
+            "cost_usd": round(usage["cost_usd"], 6),
+        }
+        context.outcome = {
+            "status": status.value,
+            "error": error,
+            "note": note,
+            "guards": run.guards,
+        }
+        self.session.execute(
+            update(Thread)
+            .where(Thread.id == run.thread_id, Thread.active_run_id == run.id)
+            .values(active_run_id=None)
+            .execution_options(synchronize_session=False)
         )
-        .values(active_run_id=run.id)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(claimed.rowcount)  # type: ignore[attr-defined]
-
-
-def _dispatch(
-    tx: Tx, run: Run, decision: OrchestrationDecision, action: Dispatch, result: StepResult
-) -> None:
-    parameters = dict(action.parameters)
-    pool = str(parameters.pop("pool", None) or "default")
-    call = AgentCall(
-        tenant_id=run.tenant_id,
-        run_id=run.id,
-        thread_id=run.thread_id,
-        decision_seq=decision.seq,
-        agent=action.agent,
-        pool=pool,
-        status=CallStatus.PENDING,
-        params={**parameters, "instructions": _instructions(tx.session, run, action.agent)},
-        context_until_seq=run.input_event_seq,
-    )
-    tx.session.add(call)
-    tx.session.flush()
-    run.step = f"agent_call:{action.agent}"
-    tx.send(ExecuteAgentCall(call_id=call.id, run_id=run.id), queue=agents_queue(pool))
-    result.emit("agent_call.queued", call_id=call.id, agent=action.agent, pool=pool)
-
-
-def _instructions(session: Session, run: Run, agent_name: str) -> str:
-    instructions = session.scalars(
-        select(Agent.instructions).where(Agent.tenant_id == run.tenant_id, Agent.name == agent_name)
-    ).first()
-    return instructions or ""
-
-
-def _cancel_calls(session: Session, run: Run) -> None:
-    session.execute(
-        update(AgentCall)
-        .where(
-            AgentCall.run_id == run.id,
-            AgentCall.status.in_([CallStatus.PENDING.value, CallStatus.RUNNING.value]),
+        next_run = self.session.scalars(
+            select(Run.id)
+            .where(
+                Run.thread_id == run.thread_id,
+                Run.status == RunStatus.QUEUED.value,
+                Run.id != run.id,
+            )
+            .order_by(Run.created_at, Run.id)
+            .limit(1)
+        ).first()
+        if next_run is not None:
+            self.tx.send(AdvanceRun(run_id=next_run, reason="thread.released"))
+        self.tx.send(RunCompleted(run_id=run.id, tenant_id=run.tenant_id, status=status.value))
+        self.result.finished = status.value
+        self.result.pattern = run.pattern
+        self.result.duration_s = (run.finished_at - run.created_at).total_seconds()
+        self.result.emit(
+            f"run.{status.value}",
+            status=status.value,
+            output=run.output,
+            error=error,
+            usage=run.usage,
+            note=note,
         )
-        .values(status=CallStatus.CANCELLED, finished_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
 
 
-def _finish(
-    tx: Tx,
-    run: Run,
-    context: OrchestrationContext,
-    result: StepResult,
-    status: RunStatus,
-    *,
-    error: dict[str, Any] | None,
-) -> None:
-    session = tx.session
-    totals = session.execute(
-        select(
-            func.coalesce(func.sum(AgentCall.input_tokens), 0),
-            func.coalesce(func.sum(AgentCall.output_tokens), 0),
-        ).where(AgentCall.run_id == run.id)
-    ).one()
-    run.status = status
-    run.error = error
-    run.finished_at = utcnow()
-    run.step = None
-    run.usage = {"input_tokens": int(totals[0]), "output_tokens": int(totals[1])}
-    context.outcome = {"status": status.value, "error": error}
-    # Hand the thread to its next queued run, if any.
-    session.execute(
-        update(Thread)
-        .where(Thread.id == run.thread_id, Thread.active_run_id == run.id)
-        .values(active_run_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    next_run = session.scalars(
-        select(Run.id)
-        .where(
-            Run.thread_id == run.thread_id,
-            Run.status == RunStatus.QUEUED.value,
-            Run.id != run.id,
-        )
-        .order_by(Run.created_at, Run.id)
-        .limit(1)
-    ).first()
-    if next_run is not None:
-        tx.send(AdvanceRun(run_id=next_run, reason="thread.released"))
-    tx.send(RunCompleted(run_id=run.id, tenant_id=run.tenant_id, status=status.value))
-    result.finished = status.value
-    result.pattern = run.pattern
-    started = run.created_at
-    result.duration_s = (run.finished_at - started).total_seconds()
-    result.emit(
-        f"run.{status.value}",
-        status=status.value,
-        output=run.output,
-        error=error,
-        usage=run.usage,
-    )
+def effective_calls(calls: list[AgentCall]) -> list[AgentCall]:
+    """The calls a pattern reasons about: a call that handed control back (handoff,
+    delegation) is replaced by its continuation, and delegated sub-calls are internal."""
+    return [
+        c
+        for c in calls
+        if c.role != "delegate"
+        and not (c.status == CallStatus.SUCCEEDED and (c.result or {}).get("control"))
+    ]
+
+
+__all__ = ["TERMINAL_CALL_STATUSES", "Step", "StepResult", "advance", "effective_calls"]

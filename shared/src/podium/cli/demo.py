@@ -26,11 +26,13 @@ SAMPLES: list[dict[str, Any]] = [
         "prompt": "Now make it keep punctuation attached to its word",
         "same_thread": True,
     },
+    {"title": "Review", "prompt": "Please review this retry policy: 3 attempts, no jitter."},
+    {"title": "Compare", "prompt": "Compare Redis Streams and RabbitMQ for our event bus."},
+    {"title": "Plan", "prompt": "Plan the steps to move our workers to a threads pool."},
     {
-        "title": "Research",
-        "prompt": "Which facts in this thread are still unverified?",
-        "agent": "researcher",
-        "pattern": "direct",
+        "title": "Pipeline",
+        "prompt": "Explain idempotency keys to a new engineer.",
+        "pattern": "pipeline",
     },
 ]
 
@@ -121,28 +123,13 @@ def _run_samples(url: str, admin_key: str) -> None:
                 pattern=sample.get("pattern"),
             )
             counts: dict[str, int] = {}
+            calls: list[str] = []
             for event in client.events(accepted["id"]):
                 counts[event.event] = counts.get(event.event, 0) + 1
+                if event.event == "agent_call.queued":
+                    calls.append(f"{event.data.get('role')}:{event.data.get('agent')}")
             run = client.get_run(accepted["id"])
-            orchestration = client.orchestration(accepted["id"])
-            extras = ", ".join(f"{k}={sample[k]}" for k in ("agent", "pattern") if sample.get(k))
-            click.echo(f"── Sample {n}: {sample['prompt']!r}" + (f" ({extras})" if extras else ""))
-            click.echo(
-                f"   status: {run['status']}   tokens in/out: "
-                f"{run['usage']['input_tokens']}/{run['usage']['output_tokens']}"
-            )
-            for d in orchestration["decisions"]:
-                dims = d["dimensions"]
-                click.echo(
-                    f"   decision #{d['seq']} ({d['source']}): pattern={dims['pattern']}, "
-                    f"agent={dims['agent']}"
-                )
-                click.echo(f"     rationale: {d['rationale']}")
-            click.echo("   provider: simulated (deterministic, offline — not a real LLM)")
-            click.echo(f"   answer: {run['output']}")
-            click.echo(
-                f"   events streamed: {', '.join(f'{k} x{v}' for k, v in sorted(counts.items()))}"
-            )
+            _print_run(n, sample, run, client.orchestration(accepted["id"]), calls, counts)
             pm = _wait_postmortem(client, accepted["id"])
             if pm:
                 facts = pm["facts"]
@@ -151,10 +138,40 @@ def _run_samples(url: str, admin_key: str) -> None:
                     f"latency {facts['latency_ms']} ms"
                 )
             click.echo("")
-            if run["status"] != "completed":
-                failures += 1
+            failures += run["status"] != "completed"
     if failures:
         raise click.ClickException(f"{failures} sample run(s) did not complete")
+
+
+def _print_run(
+    n: int,
+    sample: dict[str, Any],
+    run: dict[str, Any],
+    orchestration: dict[str, Any],
+    calls: list[str],
+    counts: dict[str, int],
+) -> None:
+    extras = ", ".join(f"{k}={sample[k]}" for k in ("agent", "pattern") if sample.get(k))
+    click.echo(f"── Sample {n}: {sample['prompt']!r}" + (f" ({extras})" if extras else ""))
+    usage = run["usage"]
+    click.echo(
+        f"   status: {run['status']}   agent tokens in/out: {usage['input_tokens']}/"
+        f"{usage['output_tokens']}   orchestrator tokens: {usage['orchestrator_tokens']}   "
+        f"cost: ${usage['cost_usd']:.6f} (nominal simulated prices)"
+    )
+    for d in orchestration["decisions"]:
+        dims = d["dimensions"]
+        more = "".join(f", {k}={dims[k]}" for k in ("team", "action") if dims.get(k))
+        click.echo(
+            f"   decision #{d['seq']} ({d['source']}, {d['input_tokens']} tokens in): "
+            f"pattern={dims['pattern']}, agent={dims['agent']}{more}"
+        )
+        click.echo(f"     rationale: {d['rationale']}")
+    click.echo(f"   agent calls: {' → '.join(calls) or 'none'}")
+    click.echo("   provider: simulated (deterministic, offline — not a real LLM)")
+    answer = " ".join((run["output"] or "").split())
+    click.echo(f"   answer: {answer if len(answer) < 300 else answer[:300] + ' […]'}")
+    click.echo(f"   events streamed: {', '.join(f'{k} x{v}' for k, v in sorted(counts.items()))}")
 
 
 def _wait_postmortem(

@@ -241,9 +241,11 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
 
 
 def _register_extra_commands() -> None:
+    from podium.cli.agents import agents
     from podium.cli.demo import demo
     from podium.cli.local import down, up
 
+    cli.add_command(agents)
     cli.add_command(up)
     cli.add_command(down)
     cli.add_command(demo)

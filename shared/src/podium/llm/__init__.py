@@ -19,6 +19,7 @@ from podium.llm.base import (
     Usage,
 )
 from podium.llm.simulated import SimulatedProvider
+from podium.llm.simulated_script import Script, load_script
 from podium.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,11 +38,13 @@ __all__ = [
     "OpenAIProvider",
     "ProviderError",
     "ProviderErrorKind",
+    "Script",
     "SimulatedProvider",
     "ToolCall",
     "ToolSpec",
     "Usage",
     "build_provider",
+    "load_script",
 ]
 
 PROVIDER_NAMES = ("simulated", "openai", "anthropic")
@@ -69,6 +72,7 @@ def build_provider(settings: Settings, name: str | None = None) -> LLMProvider:
             error_rate=settings.simulated_error_rate,
             stream_chunk_chars=settings.simulated_stream_chunk_chars,
             seed=settings.simulated_seed,
+            rules=load_script(settings.simulated_script),
         )
     if chosen == "openai":
         from podium.llm.openai_provider import OpenAIProvider

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -42,10 +43,20 @@ def parse_tool_arguments(text: str) -> dict[str, Any]:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        # strict=False: grammar-constrained local models sometimes put raw newlines in strings.
+        value = json.loads(text, strict=False)
     except ValueError:
         return {"_raw": text}
     return value if isinstance(value, dict) else {"_raw": text}
+
+
+def estimated_usage(request: ChatRequest, content: str, calls: list[ToolCall]) -> Usage:
+    """About four characters per token, for servers that do not report usage."""
+    prompt = sum(len(m.content) for m in request.messages)
+    output = len(content) + sum(len(json.dumps(c.arguments)) for c in calls)
+    return Usage(
+        input_tokens=max(1, math.ceil(prompt / 4)), output_tokens=max(1, math.ceil(output / 4))
+    )
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -248,7 +259,7 @@ class OpenAIProvider:
         )
         text: list[str] = []
         partial: dict[int, _PartialCall] = {}
-        usage = Usage()
+        usage: Usage | None = None
         finish_reason = "stop"
         model = request.model
         ttft_ms: float | None = None
@@ -276,7 +287,11 @@ class OpenAIProvider:
                         acc = partial.setdefault(frag.index, _PartialCall())
                         acc.id = acc.id or (frag.id or "")
                         if frag.function is not None:
-                            acc.name += frag.function.name or ""
+                            # OpenAI sends the name once; some servers (llama.cpp) repeat it
+                            # in every fragment. A name arriving whole is not a fragment.
+                            name = frag.function.name or ""
+                            if name and name != acc.name:
+                                acc.name += name
                             acc.arguments.append(frag.function.arguments or "")
         calls = [
             ToolCall(
@@ -286,6 +301,10 @@ class OpenAIProvider:
             )
             for index, acc in sorted(partial.items())
         ]
+        if usage is None:
+            # Some servers (llama.cpp) ignore include_usage: estimate rather than report zero,
+            # so budgets and cost caps still see the spend.
+            usage = estimated_usage(request, "".join(text), calls)
         return ChatResult(
             content="".join(text),
             tool_calls=calls,

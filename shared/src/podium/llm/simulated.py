@@ -25,6 +25,7 @@ from podium.llm.base import (
     ToolSpec,
     Usage,
 )
+from podium.llm.simulated_script import Script
 
 _OPENERS = (
     "I looked at this from the simplest angle first.",
@@ -132,6 +133,7 @@ class SimulatedProvider:
         stream_chunk_chars: int = 12,
         seed: int = 0,
         script: list[dict[str, Any]] | None = None,
+        rules: Script | None = None,
     ) -> None:
         if latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
@@ -146,15 +148,31 @@ class SimulatedProvider:
         self.stream_chunk_chars = stream_chunk_chars
         self.seed = seed
         self.script = script
+        self.rules = rules
 
     # --- LLMProvider -----------------------------------------------------------------------
 
     def complete(self, request: ChatRequest, on_delta: DeltaCallback | None = None) -> ChatResult:
         started = time.monotonic()
-        directives = prompt_directives(request)
+        # Prompt knobs steer agent calls only: the Orchestrator agent's prompt quotes the
+        # request too, and is steered by script rules instead.
+        purpose = request.metadata.get("purpose")
+        directives = prompt_directives(request) if purpose in (None, "agent") else {}
+        scripted = self.rules.match(request) if self.rules else None
+        if scripted is not None and scripted.error:
+            directives["error"] = scripted.error
+        if scripted is not None and scripted.latency_ms is not None:
+            directives["latency_ms"] = str(scripted.latency_ms)
         self._maybe_fail(request, directives.get("error"))
 
-        content, tool_calls = self._respond(request)
+        if scripted is not None:
+            content = scripted.content
+            tool_calls = [
+                ToolCall(id=self._call_id(request, i), name=c.name, arguments=dict(c.arguments))
+                for i, c in enumerate(scripted.tool_calls)
+            ]
+        else:
+            content, tool_calls = self._respond(request)
         finish_reason = "tool_calls" if tool_calls else "stop"
         # Honour max_tokens the way a real model would: cut the text and say so.
         max_chars = request.max_tokens * 4

@@ -159,6 +159,8 @@ class Thread(TenantOwned, Base):
     # Number of events appended; incremented under the row's lock to give each event its seq.
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     last_agent: Mapped[str | None] = mapped_column(String(100))
+    # Sub-threads (parallel team members work in clean context) point at their parent.
+    parent_thread_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # The run that currently owns the thread; runs on one thread execute one at a time.
     active_run_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -192,6 +194,7 @@ class Run(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_runs_thread_status", "thread_id", "status"),
+        Index("ix_runs_status_deadline", "status", "deadline_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -210,6 +213,13 @@ class Run(TenantOwned, Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Caps: {"tokens": int, "cost_usd": float, "iterations": int}; resume doubles them.
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    # Guard hits, in order: [{"guard": ..., "detail": ..., "at": ...}].
+    guards: Mapped[list[Any]] = mapped_column(default=list)
+    # The question an ask_user decision put to the user, while awaiting_input.
+    awaiting: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -231,6 +241,21 @@ class AgentCall(TenantOwned, Base):
     agent: Mapped[str] = mapped_column(String(100))
     pool: Mapped[str] = mapped_column(String(50), default="default")
     status: Mapped[str] = mapped_column(String(20), default=CallStatus.PENDING)
+    # The call's part in its pattern ("answer", "planner", "executor", "producer", "critic",
+    # "member", "merge", "stage", "delegate") and its position in that part.
+    role: Mapped[str] = mapped_column(String(30), default="answer")
+    step_index: Mapped[int] = mapped_column(Integer, default=0)
+    parent_call_id: Mapped[str | None] = mapped_column(String(32))
+    depth: Mapped[int] = mapped_column(Integer, default=0)
+    # An explicit instruction given after the context (a plan step, a review request...).
+    task: Mapped[str | None] = mapped_column(Text)
+    # "thread": the thread so far; "clean": only the task.
+    context_mode: Mapped[str] = mapped_column(String(10), default="thread")
+    # Control outcome of a call that ended by handing control back: {"control": "handoff" |
+    # "delegate", "agent": ..., ...}.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    tool_steps: Mapped[int] = mapped_column(Integer, default=0)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Thread events up to this seq are the call's context.
     context_until_seq: Mapped[int] = mapped_column(Integer)
@@ -261,7 +286,9 @@ class OrchestrationContext(TenantOwned, Base):
     cursor_seq: Mapped[int] = mapped_column(Integer, default=0)
     token_budget: Mapped[int] = mapped_column(Integer, default=8000)
     tokens_used: Mapped[int] = mapped_column(Integer, default=0)
+    # Older decisions folded into ``summary`` once the history outgrew its token budget.
     summary: Mapped[str | None] = mapped_column(Text)
+    summarized_through_seq: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     has_feedback: Mapped[bool] = mapped_column(Boolean, default=False)
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -293,6 +320,9 @@ class OrchestrationDecision(TenantOwned, Base):
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # Provider and model of the Orchestrator agent call (None for rule-based decisions).
+    provider: Mapped[str | None] = mapped_column(String(50))
+    model: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

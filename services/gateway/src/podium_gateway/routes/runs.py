@@ -14,11 +14,12 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from podium.events import TERMINAL_EVENT_TYPES, RunEvent
 from podium.messages import AdvanceRun
-from podium.patterns import AVAILABLE_PATTERNS
-from podium.runtime import Runtime
+from podium.patterns import cached_patterns
+from podium.runtime import Runtime, Tx
 from podium.store import (
     TERMINAL_RUN_STATUSES,
     Agent,
@@ -82,11 +83,12 @@ def create_run(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunAccepted:
     """Start a run on a thread. The work happens asynchronously; follow /events."""
-    if body.pattern is not None and body.pattern not in AVAILABLE_PATTERNS:
+    patterns = cached_patterns(runtime.settings.patterns_file)
+    if body.pattern is not None and body.pattern not in patterns:
         raise ApiError(
             422,
             "unknown_pattern",
-            f"pattern {body.pattern!r} is not available; choose one of {list(AVAILABLE_PATTERNS)}",
+            f"pattern {body.pattern!r} is not available; choose one of {sorted(patterns)}",
         )
     request_hash = _request_hash(thread_id, body)
     if idempotency_key:
@@ -112,6 +114,7 @@ def _admit(
     idempotency_key: str | None,
     request_hash: str,
 ) -> RunAccepted:
+    settings = runtime.settings
     with runtime.transaction(principal.tenant_id) as tx:
         session = tx.session
         thread = session.scalars(select(Thread).where(Thread.id == thread_id)).one_or_none()
@@ -122,6 +125,9 @@ def _admit(
             if known is None:
                 raise ApiError(422, "unknown_agent", f"agent {body.agent!r} is not defined")
         active = _active_run(session, thread)
+        if active is not None and active.status == RunStatus.AWAITING_INPUT:
+            # The thread's next user message answers the run's question (DESIGN §3, ask_user).
+            return _answer(tx, principal, active, body)
         if active is not None and body.multitask == "reject":
             raise ApiError(
                 409,
@@ -148,7 +154,13 @@ def _admit(
             multitask=body.multitask,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
-            deadline_at=utcnow() + timedelta(seconds=runtime.settings.run_deadline_s),
+            deadline_at=utcnow()
+            + timedelta(seconds=_capped(body.deadline_s, settings.run_deadline_s)),
+            limits={
+                "tokens": int(_capped(body.max_tokens, settings.run_max_tokens)),
+                "cost_usd": _capped(body.max_cost_usd, settings.run_max_cost_usd),
+                "iterations": int(_capped(body.max_iterations, settings.run_max_iterations)),
+            },
         )
         session.add(run)
         session.flush()
@@ -161,6 +173,25 @@ def _admit(
         accepted = RunAccepted(id=run.id, status=run.status, thread_id=thread_id)
     _publish(runtime, accepted.id, "run.queued", {"run_id": accepted.id, "thread_id": thread_id})
     return accepted
+
+
+def _capped(requested: float | None, deployment_max: float) -> float:
+    return deployment_max if requested is None else min(requested, deployment_max)
+
+
+def _answer(tx: Tx, principal: Principal, run: Run, body: RunCreate) -> RunAccepted:
+    append_event(
+        tx.session,
+        tenant_id=principal.tenant_id,
+        thread_id=run.thread_id,
+        kind=EventKind.USER_MESSAGE,
+        role="user",
+        content=body.input,
+        run_id=run.id,
+        data={"answers": (run.awaiting or {}).get("question")},
+    )
+    tx.send(AdvanceRun(run_id=run.id, reason="user.answered"))
+    return RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
 
 
 def _active_run(session: Session, thread: Thread) -> Run | None:
@@ -193,6 +224,8 @@ def _load_run(runtime: Runtime, principal: Principal, run_id: str) -> tuple[Run,
         usage = Usage(
             input_tokens=int(run.usage.get("input_tokens", 0)),
             output_tokens=int(run.usage.get("output_tokens", 0)),
+            orchestrator_tokens=int(run.usage.get("orchestrator_tokens", 0)),
+            cost_usd=float(run.usage.get("cost_usd", run.cost_usd or 0.0)),
             agent_calls=int(calls or 0),
         )
         return run, usage
@@ -210,6 +243,11 @@ def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
         output=run.output,
         usage=usage,
         error=run.error,
+        limits=run.limits,
+        guards=run.guards,
+        question=(run.awaiting or {}).get("question")
+        if run.status == RunStatus.AWAITING_INPUT
+        else None,
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
@@ -235,6 +273,40 @@ def cancel_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunAcc
             tx.send(AdvanceRun(run_id=run.id, reason="run.cancel"))
         accepted = RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
     _publish(runtime, run_id, "run.cancel_requested", {"run_id": run_id})
+    return accepted
+
+
+@router.post("/v1/runs/{run_id}/resume", status_code=202, response_model=RunAccepted)
+def resume_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunAccepted:
+    """Continue a run held by its token, cost or iteration cap; the caps are doubled."""
+    try:
+        with runtime.transaction(principal.tenant_id) as tx:
+            run = tx.session.scalars(select(Run).where(Run.id == run_id)).one_or_none()
+            if run is None:
+                raise not_found("run", run_id)
+            if run.status != RunStatus.BUDGET_HOLD:
+                raise ApiError(
+                    409,
+                    "not_on_hold",
+                    f"only a run in budget_hold can be resumed; this one is {run.status}",
+                    run_status=run.status,
+                )
+            limits = dict(run.limits or {})
+            for key in ("tokens", "cost_usd", "iterations"):
+                if limits.get(key) is not None:
+                    limits[key] = limits[key] * 2
+            limits["tokens"] = int(limits.get("tokens", 0)) or None
+            limits["iterations"] = int(limits.get("iterations", 0)) or None
+            run.limits = limits
+            run.status = RunStatus.RUNNING
+            run.step = None
+            tx.send(AdvanceRun(run_id=run.id, reason="run.resumed"))
+            accepted = RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
+    except StaleDataError:
+        raise ApiError(
+            409, "conflict", "the run changed while resuming; retry", headers={"Retry-After": "1"}
+        ) from None
+    _publish(runtime, run_id, "run.resumed", {"run_id": run_id, "limits": limits})
     return accepted
 
 

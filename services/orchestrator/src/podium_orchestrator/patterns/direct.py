@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from podium.store import CallStatus
-from podium_orchestrator.patterns.base import Action, Complete, Dispatch, Fail, RunView, Wait
+from podium_orchestrator.patterns.base import (
+    Action,
+    Complete,
+    Dispatch,
+    RunView,
+    Wait,
+    failure_of,
+    is_failed,
+)
 
 
 class DirectPattern:
     name = "direct"
+    control_tools: tuple[str, ...] = ()
 
     def next_actions(self, view: RunView) -> list[Action]:
         if not view.calls:
-            return [Dispatch(view.agent, view.parameters)]
+            return [Dispatch(view.agent, control_tools=self.control_tools)]
         call = view.calls[-1]
         if call.status == CallStatus.SUCCEEDED:
             return [Complete(call.output or "")]
-        if call.status in (CallStatus.FAILED, CallStatus.CANCELLED):
-            error = call.error or {}
-            return [
-                Fail(
-                    str(error.get("code", "agent_call_failed")),
-                    str(error.get("message", f"agent call {call.id} {call.status}")),
-                )
-            ]
+        if is_failed(call):
+            return [failure_of(call)]
         return [Wait()]

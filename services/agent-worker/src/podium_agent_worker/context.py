@@ -1,0 +1,84 @@
+"""The messages an agent call starts from: its instructions, the thread (from its latest
+summary on, compacted when over the agent's context budget), and its task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from podium.llm import ChatMessage
+from podium.store import AgentCall, EventKind, Run, ThreadEvent
+from podium_agent_worker.compaction import Entry
+
+CONTEXT_KINDS = (
+    EventKind.USER_MESSAGE,
+    EventKind.AGENT_MESSAGE,
+    EventKind.SUMMARY,
+    EventKind.TOOL_REQUEST,
+    EventKind.TOOL_RESPONSE,
+)
+MAX_EVENTS = 400
+
+
+@dataclass
+class CallContext:
+    instructions: str
+    entries: list[Entry]
+    task: str | None
+
+
+def load_context(session: Session, call: AgentCall, run: Run) -> CallContext:
+    instructions = str(call.params.get("instructions", ""))
+    if call.context_mode == "clean" and call.thread_id == run.thread_id:
+        return CallContext(instructions, [], call.task or run.input)
+    visible = [ThreadEvent.thread_id == call.thread_id, ThreadEvent.seq <= call.context_until_seq]
+    if call.thread_id == run.thread_id:
+        # Prompts of runs queued after this one are not this call's business.
+        visible.append(or_(ThreadEvent.seq <= run.input_event_seq, ThreadEvent.run_id == run.id))
+    latest_summary = session.scalar(
+        select(ThreadEvent.seq)
+        .where(*visible, ThreadEvent.kind == EventKind.SUMMARY.value)
+        .order_by(ThreadEvent.seq.desc())
+        .limit(1)
+    )
+    events = list(
+        session.scalars(
+            select(ThreadEvent)
+            .where(
+                *visible,
+                ThreadEvent.seq >= (latest_summary or 0),
+                ThreadEvent.kind.in_([k.value for k in CONTEXT_KINDS]),
+            )
+            .order_by(ThreadEvent.seq.desc())
+            .limit(MAX_EVENTS)
+        )
+    )
+    events.reverse()
+    entries = [Entry(e.seq, e.kind, e.role, e.agent, e.content) for e in events]
+    return CallContext(instructions, entries, call.task)
+
+
+def render(ctx: CallContext, agent: str) -> list[ChatMessage]:
+    """Chat messages for the model. Other agents speak as labelled user turns, so the model
+    answers as itself and does not take their words for its own."""
+    messages = [ChatMessage(role="system", content=ctx.instructions or f"You are {agent}.")]
+    for entry in ctx.entries:
+        if entry.kind == EventKind.SUMMARY:
+            messages.append(ChatMessage(role="system", content=entry.content))
+        elif entry.kind == EventKind.USER_MESSAGE:
+            messages.append(ChatMessage(role="user", content=entry.content))
+        elif entry.kind == EventKind.AGENT_MESSAGE and entry.agent == agent:
+            messages.append(ChatMessage(role="assistant", content=entry.content, name=agent))
+        elif entry.kind == EventKind.AGENT_MESSAGE:
+            messages.append(ChatMessage(role="user", content=f"[{entry.agent}] {entry.content}"))
+        else:  # tool traffic of earlier calls, as plain text
+            messages.append(
+                ChatMessage(
+                    role="user", content=f"[{entry.kind} {entry.agent or ''}] {entry.content}"
+                )
+            )
+    if ctx.task:
+        messages.append(ChatMessage(role="user", content=ctx.task))
+    return messages

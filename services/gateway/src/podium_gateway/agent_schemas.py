@@ -1,0 +1,95 @@
+"""Request and response bodies of the agents and patterns routes (DESIGN §5).
+
+Field names follow Coday's agent definitions in snake_case (``podium agents import`` maps
+Coday's camelCase YAML onto them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from podium.queues import agents_queue
+
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_PATTERN)]
+ProviderName = Literal["simulated", "openai", "anthropic"]
+
+
+class AgentIn(BaseModel):
+    """The whole definition of an agent: ``PUT`` replaces every field (omitted ones take
+    their defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(default="", max_length=10_000)
+    instructions: str = Field(default="", max_length=100_000)
+    provider: ProviderName | None = Field(
+        default=None, description="The LLM provider; null uses the deployment's default."
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The provider's model name; null uses the deployment's default.",
+    )
+    temperature: float = Field(default=0.0, ge=0, le=2, allow_inf_nan=False)
+    max_output_tokens: int = Field(default=1024, ge=1, le=200_000)
+    tools: list[Annotated[str, StringConstraints(max_length=100)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Tool allow-list; each name must be one of the tools Podium provides.",
+    )
+    sub_agents: list[AgentName] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Agents this one may delegate to; each must be an existing agent.",
+    )
+    pool: str = Field(
+        default="default",
+        min_length=1,
+        max_length=50,
+        description="The agent-worker pool whose queue runs this agent's calls.",
+    )
+
+    @field_validator("tools", "sub_agents")
+    @classmethod
+    def _dedupe(cls, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(names))
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_name(cls, pool: str) -> str:
+        agents_queue(pool)  # raises ValueError with a clear message
+        return pool
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str
+    instructions: str
+    provider: str | None
+    model: str | None
+    temperature: float
+    max_output_tokens: int
+    tools: list[Any]
+    sub_agents: list[Any]
+    pool: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentList(BaseModel):
+    data: list[AgentOut]
+
+
+class PatternOut(BaseModel):
+    name: str
+    description: str
+    options: dict[str, Any]
+
+
+class PatternList(BaseModel):
+    data: list[PatternOut]

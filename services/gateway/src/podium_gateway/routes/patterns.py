@@ -1,0 +1,24 @@
+"""The execution patterns a run may use (DESIGN §3, §5), as configured."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from podium.patterns import cached_patterns
+from podium_gateway.agent_schemas import PatternList, PatternOut
+from podium_gateway.auth import RuntimeDep, TenantDep
+
+router = APIRouter(prefix="/v1/patterns", tags=["patterns"])
+
+
+@router.get("", response_model=PatternList)
+def list_patterns(_principal: TenantDep, runtime: RuntimeDep) -> PatternList:
+    """The enabled patterns, in configuration order, with their options. A run may force one
+    with ``pattern``; otherwise the orchestrator chooses."""
+    patterns = cached_patterns(runtime.settings.patterns_file)
+    return PatternList(
+        data=[
+            PatternOut(name=p.name, description=p.description, options=p.options)
+            for p in patterns.values()
+        ]
+    )

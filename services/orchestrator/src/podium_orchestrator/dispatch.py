@@ -1,0 +1,133 @@
+"""Turning a pattern's Dispatch into an AgentCall row and its queue message (same
+transaction), including sub-threads for work done in clean context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from podium.messages import ExecuteAgentCall
+from podium.queues import agents_queue
+from podium.runtime import Runtime, Tx
+from podium.store import Agent, AgentCall, CallStatus, EventKind, Run, Thread
+from podium.store.threads import append_event
+from podium.tools_catalog import CONTROL_TOOLS
+from podium_orchestrator.decision import agent_parameters
+from podium_orchestrator.patterns import Dispatch, RunView
+
+
+class DispatchError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime, tx: Tx, run: Run, emit: Callable[..., None]) -> None:
+        self.runtime = runtime
+        self.tx = tx
+        self.session = tx.session
+        self.run = run
+        self.emit = emit
+
+    def agent(self, name: str) -> Agent:
+        agent = self.session.scalars(
+            select(Agent).where(Agent.tenant_id == self.run.tenant_id, Agent.name == name)
+        ).one_or_none()
+        if agent is None:
+            raise DispatchError("unknown_agent", f"agent {name!r} is not defined for this tenant")
+        return agent
+
+    def dispatch(
+        self,
+        action: Dispatch,
+        view: RunView | None,
+        decision_seq: int,
+        *,
+        parent: AgentCall | None = None,
+        depth: int = 0,
+    ) -> AgentCall:
+        run = self.run
+        agent = self.agent(action.agent)
+        params: dict[str, Any] = agent_parameters(agent)
+        if view is not None and action.agent == view.agent:
+            params.update(view.parameters)  # the decision's parameters tune the lead agent
+        params.update(action.parameters)
+        params["instructions"] = agent.instructions
+        own_control = [t for t in agent.tools if t in CONTROL_TOOLS]
+        params["control_tools"] = sorted({*action.control_tools, *own_control})
+        params["tools"] = [t for t in params.get("tools", []) if t not in CONTROL_TOOLS]
+        thread_id, until_seq, task = run.thread_id, None, action.task
+        if action.sub_thread:
+            thread_id, until_seq = self._sub_thread(agent.name, action.task or run.input)
+            task = None  # the task is the sub-thread's first message
+        else:
+            thread_id = action.thread_id or run.thread_id
+            thread = self.session.get(Thread, thread_id)
+            until_seq = thread.event_count if thread else run.input_event_seq
+        call = AgentCall(
+            tenant_id=run.tenant_id,
+            run_id=run.id,
+            thread_id=thread_id,
+            decision_seq=decision_seq,
+            agent=agent.name,
+            pool=agent.pool,
+            status=CallStatus.PENDING,
+            role=action.role,
+            step_index=action.step_index,
+            parent_call_id=parent.id if parent else None,
+            depth=depth,
+            task=task,
+            context_mode=action.context_mode,
+            params=params,
+            context_until_seq=until_seq,
+        )
+        self.session.add(call)
+        self.session.flush()
+        run.step = f"{action.role}:{agent.name}"
+        self.tx.send(
+            ExecuteAgentCall(call_id=call.id, run_id=run.id), queue=agents_queue(agent.pool)
+        )
+        self.emit(
+            "agent_call.queued",
+            call_id=call.id,
+            agent=agent.name,
+            role=action.role,
+            step=action.step_index,
+            pool=agent.pool,
+        )
+        return call
+
+    def _sub_thread(self, agent: str, task: str) -> tuple[str, int]:
+        run = self.run
+        sub = Thread(
+            tenant_id=run.tenant_id,
+            parent_thread_id=run.thread_id,
+            title=f"{agent} — sub-task of run {run.id}",
+        )
+        self.session.add(sub)
+        self.session.flush()
+        first = append_event(
+            self.session,
+            tenant_id=run.tenant_id,
+            thread_id=sub.id,
+            kind=EventKind.USER_MESSAGE,
+            role="user",
+            content=task,
+            run_id=run.id,
+        )
+        append_event(
+            self.session,
+            tenant_id=run.tenant_id,
+            thread_id=run.thread_id,
+            kind=EventKind.DELEGATION,
+            role="system",
+            agent=agent,
+            content=f"Sub-task handed to {agent} in sub-thread {sub.id}.",
+            run_id=run.id,
+            data={"sub_thread_id": sub.id},
+        )
+        return sub.id, first.seq

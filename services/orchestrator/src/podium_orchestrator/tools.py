@@ -1,0 +1,85 @@
+"""The Orchestrator agent's tools (DESIGN §3). Every tool call carries a rationale."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podium.llm import ToolSpec
+
+# Bounded: grammar-constrained small models otherwise ramble until max_tokens cuts the JSON.
+RATIONALE = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "description": "Why, in one or two sentences.",
+}
+
+
+def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {**properties, "rationale": RATIONALE},
+        "required": [*required, "rationale"],
+        "additionalProperties": False,
+    }
+
+
+def orchestrator_tools(agents: list[str], patterns: list[str]) -> list[ToolSpec]:
+    agent = {"type": "string", "enum": agents}
+    return [
+        ToolSpec(
+            name="choose_pattern",
+            description="Choose how the request is executed.",
+            parameters=_schema({"pattern": {"type": "string", "enum": patterns}}, ["pattern"]),
+        ),
+        ToolSpec(
+            name="route_to_agent",
+            description="Choose the lead agent (the one that answers, produces or executes).",
+            parameters=_schema({"agent": agent}, ["agent"]),
+        ),
+        ToolSpec(
+            name="set_agent_parameters",
+            description="Tune the lead agent's parameters for this request.",
+            parameters=_schema(
+                {
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                    "max_output_tokens": {"type": "integer", "minimum": 16, "maximum": 32000},
+                    "model": {"type": "string"},
+                },
+                [],
+            ),
+        ),
+        ToolSpec(
+            name="compose_team",
+            description="Choose the team for parallel_team (members) or pipeline (the sequence).",
+            parameters=_schema(
+                {
+                    "members": {"type": "array", "items": agent, "minItems": 1, "maxItems": 8},
+                    "merge": {"type": "string", "enum": ["synthesizer", "vote", "concat"]},
+                },
+                ["members"],
+            ),
+        ),
+        ToolSpec(
+            name="ask_user",
+            description="Ask the user one clarifying question when the request is ambiguous.",
+            parameters=_schema({"question": {"type": "string", "minLength": 1}}, ["question"]),
+        ),
+        ToolSpec(
+            name="finish",
+            description="End the run now (at a later decision, when the work is already done).",
+            parameters=_schema({"answer": {"type": "string"}}, []),
+        ),
+    ]
+
+
+TOOL_NAMES = frozenset(
+    {
+        "choose_pattern",
+        "route_to_agent",
+        "set_agent_parameters",
+        "compose_team",
+        "ask_user",
+        "finish",
+    }
+)
