@@ -7,6 +7,7 @@ import logging
 import threading
 from typing import Any
 
+from podium.celery_metrics import connect_signals
 from podium.runtime import Runtime
 from podium.service import BackgroundLoop, discover_services, start_background
 from podium.settings import Settings
@@ -49,6 +50,8 @@ class EmbeddedPodium:
                 spec.register_tasks(self.runtime)
             queues.extend(spec.queues)
             loops.extend(spec.background)
+            loops.extend(spec.embedded_background)
+        connect_signals()  # Celery task metrics, as in the distributed workers
         self._stop = start_background(self.runtime, tuple(loops))
         # A bare WorkController (not celery.apps.worker.Worker) installs no signal handlers,
         # so it can run in a thread while uvicorn owns the main thread.

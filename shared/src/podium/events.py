@@ -2,6 +2,11 @@
 
 Events are replayable from any id (``Last-Event-ID``) until ``event_retention_s`` after the
 run's last event. Ids are Redis stream ids (``<ms>-<n>``), opaque to clients.
+
+Also here, since they live in the same Redis: the leases of running agent calls. A worker
+holds a lease on each call it executes and renews it while alive; a call whose lease lapsed
+was lost with its worker (the orchestrator's reaper re-sends it), and a redelivered message
+of a call whose lease is alive is left to the worker executing it.
 """
 
 from __future__ import annotations
@@ -171,6 +176,128 @@ class MemoryEventStream:
 
     def close(self) -> None:
         pass
+
+
+class CallLeases(Protocol):
+    """Leases on running agent calls, ``call_lease_s`` long, renewed by their worker."""
+
+    def acquire(self, call_id: str, token: str) -> None: ...
+
+    def renew(self, held: dict[str, str]) -> None:
+        """Extend (or re-create, after a Redis restart) the leases ``{call_id: token}``
+        still held by their token; a lease taken over by another token is left alone."""
+        ...
+
+    def release(self, call_id: str, token: str) -> None: ...
+
+    def alive(self, call_ids: list[str]) -> set[str]:
+        """The calls among ``call_ids`` whose lease is held."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# SET the lease if it is ours or free; a lease another token took over is not overwritten.
+_RENEW = """
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisCallLeases:
+    def __init__(self, settings: Settings) -> None:
+        self._prefix = settings.redis_key_prefix
+        self._ttl_ms = int(settings.call_lease_s * 1000)
+        self._pool = redis.ConnectionPool.from_url(
+            settings.redis_url, max_connections=32, socket_timeout=2, socket_connect_timeout=2
+        )
+        self._client = redis.Redis(connection_pool=self._pool)
+
+    def key(self, call_id: str) -> str:
+        return f"{self._prefix}podium:lease:call:{call_id}"
+
+    def acquire(self, call_id: str, token: str) -> None:
+        self._client.set(self.key(call_id), token, px=self._ttl_ms)
+
+    def renew(self, held: dict[str, str]) -> None:
+        if not held:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for call_id, token in held.items():
+            pipe.eval(_RENEW, 1, self.key(call_id), token, self._ttl_ms)
+        pipe.execute()
+
+    def release(self, call_id: str, token: str) -> None:
+        self._client.eval(_RELEASE, 1, self.key(call_id), token)
+
+    def alive(self, call_ids: list[str]) -> set[str]:
+        if not call_ids:
+            return set()
+        values = self._client.mget([self.key(c) for c in call_ids])
+        return {c for c, v in zip(call_ids, values, strict=True) if v is not None}
+
+    def close(self) -> None:
+        self._client.close()
+        self._pool.disconnect()
+
+
+class MemoryCallLeases:
+    """In-process leases for the embedded mode (one process: a lease dies with it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ttl = settings.call_lease_s
+        self._lock = threading.Lock()
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, call_id: str, token: str) -> None:
+        with self._lock:
+            self._leases[call_id] = (token, time.monotonic() + self._ttl)
+
+    def renew(self, held: dict[str, str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for call_id, token in held.items():
+                current = self._leases.get(call_id)
+                if current is None or current[0] == token or current[1] < now:
+                    self._leases[call_id] = (token, now + self._ttl)
+
+    def release(self, call_id: str, token: str) -> None:
+        with self._lock:
+            if self._leases.get(call_id, ("", 0.0))[0] == token:
+                del self._leases[call_id]
+
+    def alive(self, call_ids: list[str]) -> set[str]:
+        now = time.monotonic()
+        with self._lock:
+            return {c for c in call_ids if self._leases.get(c, ("", 0.0))[1] > now}
+
+    def close(self) -> None:
+        pass
+
+
+def call_lost_error(attempts: int) -> dict[str, Any]:
+    """The error of a call given up after its worker was lost ``attempts`` times."""
+    return {
+        "code": "call_lost",
+        "message": (
+            f"the agent call was started {attempts} time(s) and its worker was lost each time "
+            "(killed or unreachable); it was not retried again"
+        ),
+        "attempts": attempts,
+    }
+
+
+def make_call_leases(settings: Settings) -> CallLeases:
+    if settings.mode == "embedded":
+        return MemoryCallLeases(settings)
+    return RedisCallLeases(settings)
 
 
 def make_event_stream(settings: Settings) -> EventStream:

@@ -76,6 +76,20 @@ class RunCompleted(Message):
     status: Literal["completed", "failed", "cancelled"]
 
 
+class FeedbackReceived(Message):
+    """A user rated a run (or one of its messages); the learner updates its statistics."""
+
+    TASK: ClassVar[TaskName] = TaskName.FEEDBACK_RECEIVED
+    QUEUE: ClassVar[str | None] = Queue.LEARNER.value
+
+    type: Literal["feedback.received"] = "feedback.received"
+    schema_version: Literal[1] = 1
+    run_id: str
+    tenant_id: str
+    feedback_id: str
+    rating: int = Field(ge=1, le=5)
+
+
 M = TypeVar("M", bound=Message)
 
 

@@ -17,6 +17,8 @@ class TaskName(StrEnum):
     ADVANCE_RUN = "podium.orchestrator.advance_run"
     EXECUTE_AGENT_CALL = "podium.agent_worker.execute_call"
     RUN_COMPLETED = "podium.learner.run_completed"
+    FEEDBACK_RECEIVED = "podium.learner.feedback_received"
+    APPLY_RETENTION = "podium.learner.apply_retention"
 
 
 def agents_queue(pool: str) -> str:

@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from podium.celery_app import make_celery
-from podium.events import EventStream, make_event_stream
+from podium.events import CallLeases, EventStream, make_call_leases, make_event_stream
 from podium.messages import Message
 from podium.outbox import OutboxRelay, stage
 from podium.settings import Settings
@@ -42,6 +42,7 @@ class Runtime:
         celery: Celery | None = None,
         events: EventStream | None = None,
         db: Database | None = None,
+        leases: CallLeases | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -49,6 +50,8 @@ class Runtime:
         self.events = events or make_event_stream(settings)
         self.celery = celery or make_celery(settings, name)
         self.relay = OutboxRelay(self.db, self.celery)
+        # Leases of running agent calls (see podium.events); connects on first use.
+        self.leases = leases or make_call_leases(settings)
 
     @contextmanager
     def transaction(self, tenant_id: str | None = None) -> Iterator[Tx]:
@@ -64,4 +67,5 @@ class Runtime:
 
     def close(self) -> None:
         self.events.close()
+        self.leases.close()
         self.db.dispose()

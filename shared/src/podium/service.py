@@ -26,6 +26,9 @@ class ServiceSpec:
     make_asgi: Callable[[Runtime], Any] | None = None
     # Periodic work run in a daemon thread until the event is set (outbox sweep, ...).
     background: tuple[BackgroundLoop, ...] = field(default_factory=tuple)
+    # Periodic work that Celery beat does in distributed mode, done by threads when embedded
+    # (an embedded beat would start a process that cannot reach the in-process broker).
+    embedded_background: tuple[BackgroundLoop, ...] = field(default_factory=tuple)
 
 
 def discover_services() -> dict[str, ServiceSpec]:

@@ -75,6 +75,20 @@ class Settings(BaseSettings):
     # Rendered decision history above this is summarised (oldest decisions first).
     orchestrator_history_tokens: int = Field(default=600, ge=50)
 
+    # --- learning (DESIGN §4) -------------------------------------------------------------
+    # The learned policy overrules a pattern with at least this many outcomes whose lower
+    # credible bound of a good outcome is below the threshold.
+    policy_min_samples: int = Field(default=5, ge=1)
+    policy_threshold: float = Field(default=0.35, gt=0, lt=1)
+    # Post-mortem reviews by an LLM (provider/model default to PODIUM_LLM_PROVIDER / _MODEL).
+    review_enabled: bool = True
+    # Orchestration contexts are kept retention_days; those with feedback or failures are
+    # archived and kept archive_days. The job runs every retention_interval_s (Celery beat).
+    retention_days: float = Field(default=30.0, gt=0)
+    archive_days: float = Field(default=180.0, gt=0)
+    retention_interval_s: float = Field(default=3600.0, ge=1)
+    learner_beat: bool = True
+
     # --- guards (DESIGN §3) ---------------------------------------------------------------
     run_max_tokens: int = Field(default=200_000, ge=1)
     run_max_cost_usd: float = Field(default=5.0, gt=0)
@@ -97,6 +111,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Port of a Celery service's /metrics endpoint (0 disables it).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Comma-separated tenant ids that may appear as a metrics label value; every other
+    # tenant is reported as "other" (bounded cardinality, no raw ids by default).
+    metrics_tenant_allowlist: str = ""
 
     # Price table for cost accounting (default: prices.yaml shipped in the podium package).
     prices_file: str | None = None
@@ -115,10 +132,45 @@ class Settings(BaseSettings):
     # ... while about this many tokens of the newest messages are kept verbatim.
     agent_keep_recent_tokens: int = Field(default=2000, ge=0)
 
+    # --- reliability (docs/reliability.md) ------------------------------------------------
+    # The orchestrator's reaper: every reaper_interval_s it re-triggers runs that nothing
+    # will step any more (a lost AdvanceRun), re-sends agent calls whose message or worker
+    # was lost, and re-notifies the learner of finished runs it never recorded.
+    reaper_enabled: bool = True
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    # A run idle this long with no call in flight, a queued run this old, or a call pending
+    # this long is presumed to have lost its message (re-sending is harmless: every consumer
+    # is idempotent). Re-sends of one item back off exponentially from this interval.
+    reaper_stall_s: float = Field(default=30.0, gt=0)
+    # A running agent call holds a lease (in Redis) renewed every call_lease_s / 3 while its
+    # worker is alive; a call whose lease lapsed belongs to a dead worker and is re-sent ...
+    call_lease_s: float = Field(default=30.0, ge=1)
+    # ... until it has been started this many times; then it fails with "call_lost".
+    call_max_attempts: int = Field(default=3, ge=1)
+    # Agent-worker soft shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): running
+    # calls get this long to finish, then they are cancelled and their messages requeued.
+    # A plain SIGTERM is Celery's warm shutdown: running calls finish, messages not started
+    # go back to the queue at once.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # The gateway re-checks the store, the broker and Redis this often; admission answers
+    # 503 (with Retry-After) while one of them is down.
+    health_probe_interval_s: float = Field(default=1.0, gt=0)
+    # TEST ONLY, never in production: early acknowledgement (acks_late and
+    # reject_on_worker_lost off), so a killed worker loses the messages it held. It exists so
+    # the fault tests can prove they detect loss (tests/faults, negative control), and it is
+    # refused unless PODIUM_ALLOW_UNSAFE=1 is set as well.
+    unsafe_early_ack: bool = False
+    allow_unsafe: bool = False
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ValueError("PODIUM_ADMIN_KEY must be at least 16 characters")
+        if self.unsafe_early_ack and not self.allow_unsafe:
+            raise ValueError(
+                "PODIUM_UNSAFE_EARLY_ACK loses messages when a worker dies and exists for the "
+                "fault tests only; set PODIUM_ALLOW_UNSAFE=1 as well to really use it"
+            )
         return self
 
     @model_validator(mode="after")

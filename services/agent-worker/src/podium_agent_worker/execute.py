@@ -5,19 +5,28 @@ provider chain, and commit the outcome exactly once.
 Idempotency: a call already in a terminal state is skipped without spending on the provider;
 the commit is a conditional update (``status = running``) plus a unique ``dedupe_key`` on the
 agent's message, so a redelivered task never appends a second answer.
+
+Liveness: while a call runs, this worker holds its lease (``podium.events.CallLeases``) and
+renews it from one heartbeat thread. A redelivered message of a call whose lease is alive is
+left to the worker executing it; a call whose lease lapsed (its worker died) is taken over
+here, or re-sent by the orchestrator's reaper.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import signals
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from podium.events import call_lost_error
 from podium.llm import ChatMessage, ChatRequest, ChatResult, ProviderError, ToolCall
 from podium.llm.resilience import (
     AllProvidersFailed,
@@ -27,7 +36,19 @@ from podium.llm.resilience import (
     provider_chain,
 )
 from podium.messages import AdvanceRun, ExecuteAgentCall
-from podium.metrics import AGENT_CALL_DURATION, AGENT_CALLS, AGENT_TOKENS, agent_label
+from podium.metrics import (
+    AGENT_CALL_DURATION,
+    AGENT_CALLS,
+    AGENT_COST,
+    AGENT_MODEL_CALLS,
+    AGENT_TOKENS,
+    AGENT_TTFT,
+    TENANT_COST,
+    TENANT_TOKENS,
+    agent_label,
+    model_label,
+    tenant_label,
+)
 from podium.pricing import PriceTable
 from podium.runtime import Runtime
 from podium.store import (
@@ -39,6 +60,7 @@ from podium.store import (
     Run,
     Thread,
     ThreadEvent,
+    new_id,
     utcnow,
 )
 from podium.store.threads import append_event
@@ -87,9 +109,76 @@ class Executor:
         self.tools = default_registry()
         self.prices = PriceTable.load(self.settings.prices_file)
         self.policy = RetryPolicy.from_settings(self.settings)
+        # Leases this process holds, {call_id: token}, renewed by the heartbeat thread.
+        self._held: dict[str, str] = {}
+        self._held_lock = threading.Lock()
+        self._heartbeat_pid: int | None = None
+        signals.worker_shutdown.connect(self._release_all, weak=False)
+
+    # --- leases -----------------------------------------------------------------------------
+    def _lease_alive(self, call_id: str) -> bool:
+        try:
+            return call_id in self.runtime.leases.alive([call_id])
+        except Exception as exc:  # Redis down: cannot tell, so the call is taken over
+            log.warning("lease check of call %s failed: %s", call_id, exc)
+            return False
+
+    def _hold(self, call_id: str, token: str) -> None:
+        with self._held_lock:
+            self._held[call_id] = token
+        self._ensure_heartbeat()
+        try:
+            self.runtime.leases.acquire(call_id, token)
+        except Exception as exc:  # the heartbeat re-creates it once Redis is back
+            log.warning("lease of call %s not taken: %s", call_id, exc)
+
+    def _drop(self, call_id: str, only: str | None = None) -> None:
+        """Release the lease on ``call_id`` (only if held with token ``only``, when given)."""
+        with self._held_lock:
+            token = self._held.get(call_id)
+            if token is None or (only is not None and token != only):
+                return
+            del self._held[call_id]
+        try:
+            self.runtime.leases.release(call_id, token)
+        except Exception as exc:  # it expires by itself
+            log.debug("lease of call %s not released: %s", call_id, exc)
+
+    def _release_all(self, **_: Any) -> None:
+        """Worker shutting down: whatever it still holds was cancelled and requeued."""
+        for call_id in list(self._held):
+            self._drop(call_id)
+
+    def _ensure_heartbeat(self) -> None:
+        # One thread per process (a prefork child starts its own).
+        if self._heartbeat_pid == os.getpid():
+            return
+        self._heartbeat_pid = os.getpid()
+        threading.Thread(target=self._heartbeat, name="podium-lease-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        interval = self.settings.call_lease_s / 3
+        while True:
+            time.sleep(interval)
+            with self._held_lock:
+                held = dict(self._held)
+            try:
+                self.runtime.leases.renew(held)
+            except Exception as exc:
+                log.warning("lease heartbeat failed (%d calls): %s", len(held), exc)
 
     # --- phase 1: claim -------------------------------------------------------------------
     def _claim(self, message: ExecuteAgentCall) -> tuple[AgentCall, Run, CallContext] | None:
+        token = new_id()
+        try:
+            return self._claim_once(message, token)
+        except Exception:
+            self._drop(message.call_id, only=token)  # the claim did not commit
+            raise
+
+    def _claim_once(
+        self, message: ExecuteAgentCall, token: str
+    ) -> tuple[AgentCall, Run, CallContext] | None:
         with self.runtime.transaction() as tx:
             session = tx.session
             query = select(AgentCall).where(AgentCall.id == message.call_id)
@@ -101,15 +190,34 @@ class Executor:
                 return None
             if call.status in TERMINAL_CALL_STATUSES:
                 return None  # already done: a redelivery spends nothing
+            if call.status == CallStatus.RUNNING and (
+                call.id in self._held or self._lease_alive(call.id)
+            ):
+                # A duplicate delivery (reaper re-send, visibility-timeout restore) of a call
+                # a live worker is executing: that worker commits it.
+                log.info("call %s is running elsewhere; duplicate delivery dropped", call.id)
+                return None
             run = session.get(Run, call.run_id)
             if run is None or run.cancel_requested or run.status in TERMINAL_RUN_STATUSES:
                 call.status = CallStatus.CANCELLED
                 call.finished_at = utcnow()
                 tx.send(AdvanceRun(run_id=call.run_id, reason="call.finished", call_id=call.id))
                 return None
+            if call.status == CallStatus.RUNNING:
+                if call.attempts >= self.settings.call_max_attempts:
+                    # Started that many times and lost every time (a call that kills its
+                    # worker?): stop here, the run's pattern decides what a failed call means.
+                    call.status = CallStatus.FAILED
+                    call.error = call_lost_error(call.attempts)
+                    call.finished_at = utcnow()
+                    tx.send(AdvanceRun(run_id=call.run_id, reason="call.finished", call_id=call.id))
+                    return None
+                log.warning("call %s lost its worker (lease lapsed); taking it over", call.id)
             call.status = CallStatus.RUNNING
             call.attempts += 1
             call.started_at = utcnow()
+            # Taken before the commit, so a concurrent delivery waiting on the row lock sees it.
+            self._hold(call.id, token)
             context = load_context(session, call, run)
             session.flush()
             session.expunge(call)
@@ -363,7 +471,12 @@ class Executor:
         claimed = self._claim(message)
         if claimed is None:
             return None
-        call, _run, ctx = claimed
+        try:
+            return self._execute(*claimed)
+        finally:
+            self._drop(message.call_id)
+
+    def _execute(self, call: AgentCall, _run: Run, ctx: CallContext) -> str | None:
         self._publish(
             call.run_id,
             "agent_call.started",
@@ -379,6 +492,8 @@ class Executor:
                 call.run_id, "agent_call.cancelled", {"call_id": call.id, "agent": call.agent}
             )
             AGENT_CALLS.labels(agent_label(call.agent), primary, "cancelled").inc()
+            requested = call.params.get("model") or self.settings.llm_model
+            AGENT_MODEL_CALLS.labels(primary, model_label(requested, primary), "cancelled").inc()
             return CallStatus.CANCELLED
         except (AllProvidersFailed, ProviderError) as exc:
             last = exc.last_error if isinstance(exc, AllProvidersFailed) else exc
@@ -407,6 +522,9 @@ class Executor:
                 {"call_id": call.id, "agent": call.agent, "error": error},
             )
             AGENT_CALLS.labels(agent_label(call.agent), last.provider, "failed").inc()
+            requested = call.params.get("model") or self.settings.llm_model
+            model = model_label(requested, last.provider)
+            AGENT_MODEL_CALLS.labels(last.provider, model, "failed").inc()
             return CallStatus.FAILED
         latency_ms = (time.perf_counter() - started) * 1000
         values = {
@@ -449,4 +567,13 @@ class Executor:
             AGENT_CALL_DURATION.labels(provider).observe(latency_ms / 1000)
             AGENT_TOKENS.labels(provider, "input").inc(outcome.input_tokens)
             AGENT_TOKENS.labels(provider, "output").inc(outcome.output_tokens)
+            model = model_label(outcome.model, provider)
+            AGENT_MODEL_CALLS.labels(provider, model, "succeeded").inc()
+            AGENT_COST.labels(provider, model).inc(outcome.cost_usd)
+            if outcome.ttft_ms is not None:
+                AGENT_TTFT.labels(provider).observe(outcome.ttft_ms / 1000)
+            tenant = tenant_label(call.tenant_id)
+            TENANT_TOKENS.labels(tenant, "input").inc(outcome.input_tokens)
+            TENANT_TOKENS.labels(tenant, "output").inc(outcome.output_tokens)
+            TENANT_COST.labels(tenant).inc(outcome.cost_usd)
         return CallStatus.SUCCEEDED

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,28 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
+    503: "unavailable",
 }
+
+# Seconds a client told 503 should wait before retrying.
+RETRY_AFTER_S = 2
+
+
+def outage(exc: BaseException) -> tuple[str, str] | None:
+    """(code, message) if ``exc`` means a dependency is unreachable, else None."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "store_unavailable", "the store is unreachable; retry later"
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return "events_unavailable", "the event stream store is unreachable; retry later"
+    if isinstance(exc, BrokerError):
+        return "broker_unavailable", "the message broker is unreachable; retry later"
+    return None
+
+
+def unavailable_response(code: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message), 503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -83,7 +108,29 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(code, message), exc.status_code, headers=getattr(exc, "headers", None)
         )
 
+    async def _dependency_error(_request: Request, exc: Exception) -> JSONResponse:
+        down = outage(exc)
+        if down is None:
+            log.exception("unhandled error", exc_info=exc)
+            return JSONResponse(error_body("internal_error", "internal server error"), 500)
+        # Nothing was accepted (the transaction did not commit); the client retries.
+        log.warning("%s: %s", down[0], (str(exc).splitlines() or [""])[0][:300])
+        return unavailable_response(*down)
+
+    # A dependency that is down answers 503 with Retry-After, never a 500 or a hang.
+    for error in (
+        DBAPIError,
+        PoolTimeout,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        BrokerError,
+    ):
+        app.add_exception_handler(error, _dependency_error)
+
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        down = outage(exc)
+        if down is not None:
+            return unavailable_response(*down)
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(error_body("internal_error", "internal server error"), 500)

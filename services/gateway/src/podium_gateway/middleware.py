@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from podium.metrics import HTTP_DURATION, HTTP_REQUESTS
+from podium.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 from podium_gateway.errors import error_body
 
 
@@ -73,7 +73,19 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
 
+# Methods reported as themselves; anything else a client sends is "other" (bounded labels).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str | None) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
 class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (never the raw path, so ids
+    never become label values), and tracks requests in flight. SSE event streams are counted
+    but not timed: their duration is the stream's life, not a latency."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -83,6 +95,9 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        kind = "stream" if str(scope.get("path", "")).endswith("/events") else "request"
+        in_flight = HTTP_IN_FLIGHT.labels(kind)
+        in_flight.inc()
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -93,10 +108,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
+            in_flight.dec()
             route: Any = scope.get("route")
-            # Route templates, never raw paths: ids must not become label values.
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
+            method = method_label(scope.get("method"))
             HTTP_REQUESTS.labels(template, method, str(status)).inc()
             if not template.endswith("/events"):
                 HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)

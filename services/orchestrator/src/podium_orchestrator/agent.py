@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from podium.learning import REQUEST_CLASSES
 from podium.llm import ChatMessage, ChatRequest, LLMProvider, ProviderError, ToolCall
 from podium_orchestrator.tools import TOOL_NAMES, orchestrator_tools
 
@@ -70,6 +71,7 @@ class AgentDecision:
     question: str | None = None
     finish: bool = False
     answer: str | None = None
+    request_class: str | None = None
     rationales: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -234,6 +236,10 @@ def interpret(calls: list[ToolCall], inp: DecisionInput) -> AgentDecision:
             if pattern not in inp.patterns:
                 raise InvalidDecision(f"unknown pattern {pattern!r}")
             decision.pattern = pattern
+            # The class is a cheap by-product; a wrong one falls back to the rules, not the
+            # whole decision.
+            if args.get("request_class") in REQUEST_CLASSES:
+                decision.request_class = str(args["request_class"])
         elif call.name == "route_to_agent":
             agent = _text(args, "agent", call.name)
             if agent not in inp.agents:

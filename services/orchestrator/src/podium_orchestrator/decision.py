@@ -16,8 +16,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from podium.learning import classify
 from podium.llm import build_provider
-from podium.metrics import DECISION_FALLBACKS, DECISION_LATENCY, DECISION_TOKENS, DECISIONS
+from podium.metrics import (
+    DECISION_FALLBACKS,
+    DECISION_LATENCY,
+    DECISION_TOKENS,
+    DECISIONS,
+    POLICY_OVERRULES,
+)
 from podium.patterns import DEFAULT_PATTERN, cached_patterns
 from podium.runtime import Runtime
 from podium.store import Agent, OrchestrationContext, OrchestrationDecision, Run, Tenant, Thread
@@ -28,6 +35,7 @@ from podium_orchestrator.agent import (
     OrchestratorAgent,
 )
 from podium_orchestrator.context import delta_context, first_context, history
+from podium_orchestrator.policy import class_stats, guidance, overrule
 from podium_orchestrator.selection import Selection, select_agent
 
 log = logging.getLogger(__name__)
@@ -99,6 +107,10 @@ class Choice:
     checkpoint: str | None = None
     fallback_reason: str | None = None
     expected_outcome: str | None = None
+    request_class: str | None = None
+    class_source: str | None = None
+    guidance: str | None = None
+    overruled: str | None = None
     result: DecisionResult | None = None
 
 
@@ -125,7 +137,17 @@ def record(
         "parameters": choice.parameters,
         "team": choice.team,
     }
-    for key in ("merge", "question", "action", "checkpoint", "answer"):
+    for key in (
+        "merge",
+        "question",
+        "action",
+        "checkpoint",
+        "answer",
+        "request_class",
+        "class_source",
+        "guidance",
+        "overruled",
+    ):
         if getattr(choice, key):
             dimensions[key] = getattr(choice, key)
     if choice.finish:
@@ -209,6 +231,8 @@ def from_agent(
     return Choice(
         kind="plan",
         source="orchestrator agent",
+        request_class=decision.request_class,
+        class_source="orchestrator agent" if decision.request_class else None,
         pattern=pattern,
         agent=agent,
         parameters=decision.parameters,
@@ -230,10 +254,13 @@ def from_agent(
 def decide_first(
     runtime: Runtime, session: Session, run: Run, context: OrchestrationContext
 ) -> OrchestrationDecision:
+    """The first decision: forced by the request, or the Orchestrator agent's (fallback on
+    failure), then checked by the learned policy. Returns the decision the run follows."""
     roster = load_roster(session, run.tenant_id)
     selection = _selection(session, run, roster)
     from_seq, to_seq = context.cursor_seq + 1, run.input_event_seq
     context.cursor_seq = run.input_event_seq
+    rule_class = classify(run.input)
     if run.requested_pattern:
         choice = Choice(
             kind="plan",
@@ -245,9 +272,12 @@ def decide_first(
             ),
             expected_outcome=_expected(run.requested_pattern, selection.agent, []),
         )
+        _classify(run, choice, rule_class)
         return record(
             session, run, context, choice, from_seq=from_seq, to_seq=to_seq, phase="first"
         )
+    stats = class_stats(session, run.tenant_id, rule_class)
+    advice = guidance(session, run.tenant_id, rule_class, stats)
     choice = _consult(
         runtime,
         context,
@@ -259,10 +289,51 @@ def decide_first(
             agents=roster.descriptions,
             patterns=_pattern_descriptions(runtime),
             default_agent=selection.agent,
+            guidance=advice,
         ),
         run,
     )
-    return record(session, run, context, choice, from_seq=from_seq, to_seq=to_seq, phase="first")
+    choice.guidance = advice or None
+    _classify(run, choice, rule_class)
+    decision = record(
+        session, run, context, choice, from_seq=from_seq, to_seq=to_seq, phase="first"
+    )
+    if choice.question or choice.finish:
+        return decision
+    if choice.request_class != rule_class:
+        stats = class_stats(session, run.tenant_id, str(choice.request_class))
+    settings = runtime.settings
+    verdict = overrule(
+        stats,
+        str(choice.pattern),
+        list(_pattern_descriptions(runtime)),
+        min_samples=settings.policy_min_samples,
+        threshold=settings.policy_threshold,
+    )
+    if verdict is None:
+        return decision
+    POLICY_OVERRULES.labels(verdict.from_pattern, verdict.to_pattern).inc()
+    learned = Choice(
+        kind="plan",
+        source="learned policy",
+        pattern=verdict.to_pattern,
+        agent=choice.agent,
+        parameters=choice.parameters,
+        team=choice.team if verdict.to_pattern in ("parallel_team", "pipeline") else [],
+        merge=choice.merge,
+        rationale=verdict.rationale,
+        expected_outcome=_expected(verdict.to_pattern, str(choice.agent), []),
+        request_class=choice.request_class,
+        class_source=choice.class_source,
+        overruled=verdict.from_pattern,
+    )
+    return record(session, run, context, learned, from_seq=from_seq, to_seq=to_seq, phase="policy")
+
+
+def _classify(run: Run, choice: Choice, rule_class: str) -> None:
+    if not choice.request_class:
+        choice.request_class, choice.class_source = rule_class, "rules"
+    run.request_class = choice.request_class
 
 
 def decide_later(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from podium.messages import AdvanceRun, RunCompleted
-from podium.metrics import RUN_DURATION, RUNS_FINISHED
+from podium.metrics import BUDGET_HOLDS, RUN_DURATION, RUN_QUEUE_WAIT, RUNS_FINISHED, RUNS_STARTED
 from podium.runtime import Runtime, Tx
 from podium.store import (
     TERMINAL_CALL_STATUSES,
@@ -64,6 +64,8 @@ class StepResult:
     finished: str | None = None
     pattern: str | None = None
     duration_s: float | None = None
+    started_pattern: str | None = None
+    queue_wait_s: float | None = None
 
     def emit(self, type_: str, **data: Any) -> None:
         self.events.append((type_, data))
@@ -99,6 +101,12 @@ def _after_commit(runtime: Runtime, run_id: str, result: StepResult) -> None:
             runtime.events.publish(run_id, type_, {"run_id": run_id, **data})
         except Exception as exc:  # the store is the truth; the stream is a view
             log.warning("event publish failed for run %s: %s", run_id, exc)
+        if type_ == "run.budget_hold":
+            BUDGET_HOLDS.labels(str(data.get("guard"))).inc()
+    # Counted after the commit: a step redone after a lost race must not count twice.
+    if result.queue_wait_s is not None:
+        RUNS_STARTED.labels(result.started_pattern or "none").inc()
+        RUN_QUEUE_WAIT.observe(result.queue_wait_s)
     if result.finished:
         pattern = result.pattern or "none"
         RUNS_FINISHED.labels(result.finished, pattern).inc()
@@ -154,10 +162,13 @@ class Step:
                 return self.result  # another run owns the thread; it hands over when it ends
             run.status = RunStatus.RUNNING
             run.started_at = utcnow()
+            self.result.queue_wait_s = max(0.0, (run.started_at - run.created_at).total_seconds())
             self.result.emit("run.started", thread_id=run.thread_id)
             decision = decide_first(self.runtime, self.session, run, context)
             self._emit_decision(decision)
-            if not self._apply_plan(run, context, decision):
+            applied = self._apply_plan(run, context, decision)
+            self.result.started_pattern = run.pattern or "none"
+            if not applied:
                 return self.result
         elif run.status == RunStatus.AWAITING_INPUT and not self._answered(run, context):
             return self.result

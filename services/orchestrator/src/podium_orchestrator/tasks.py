@@ -1,18 +1,30 @@
-"""The orchestrator's Celery task and background loops."""
+"""The orchestrator's Celery task and background loops: the outbox sweep, the deadline
+sweep and the reaper."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any
+from collections import Counter
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select, update
 
-from podium.messages import AdvanceRun, parse_message
-from podium.queues import Queue, TaskName
+from podium.consumers import register_consumer
+from podium.events import call_lost_error
+from podium.messages import AdvanceRun, ExecuteAgentCall, Message, RunCompleted
+from podium.queues import Queue, TaskName, agents_queue
 from podium.runtime import Runtime
-from podium.store import Run, RunStatus, utcnow
+from podium.store import (
+    TERMINAL_RUN_STATUSES,
+    AgentCall,
+    CallStatus,
+    PostMortem,
+    Run,
+    RunStatus,
+    utcnow,
+)
 from podium_orchestrator.step import RunBusy, advance
 
 log = logging.getLogger(__name__)
@@ -21,20 +33,16 @@ WAKE_AGAIN_S = 30.0
 
 
 def register_tasks(runtime: Runtime) -> None:
-    def advance_run(self: Any, payload: dict[str, Any]) -> None:
-        message = parse_message(AdvanceRun, payload)
-        try:
-            advance(runtime, message)
-        except RunBusy as exc:
-            # The step holding the run will see this trigger's state or be retried after it.
-            raise self.retry(exc=exc, countdown=0.2, max_retries=None) from exc
-        except Exception as exc:
-            # Store hiccups (deadlock, lost connection) are retried with backoff.
-            log.warning("advance %s failed, retrying: %s", message.run_id, exc)
-            raise self.retry(exc=exc, countdown=min(2**self.request.retries * 0.1, 10)) from exc
-
-    # Registered without decorator syntax: Celery's decorator is untyped.
-    runtime.celery.task(name=TaskName.ADVANCE_RUN.value, bind=True, max_retries=20)(advance_run)
+    register_consumer(
+        runtime,
+        name=TaskName.ADVANCE_RUN.value,
+        model=AdvanceRun,
+        handler=lambda message: advance(runtime, message),
+        base_delay_s=0.1,
+        max_retries=20,
+        # Another step holds the run: it sees this trigger's state, or we retry after it.
+        busy=RunBusy,
+    )
 
 
 def deadline_sweep_loop(runtime: Runtime, stop: threading.Event) -> None:
@@ -81,3 +89,239 @@ def outbox_sweep_loop(runtime: Runtime, stop: threading.Event) -> None:
                 log.info("outbox sweep re-published %d message(s)", sent)
         except Exception as exc:
             log.warning("outbox sweep failed: %s", exc)
+
+
+# --- the reaper -------------------------------------------------------------------------------
+
+ACTIVE_CALL_STATUSES = (CallStatus.PENDING.value, CallStatus.RUNNING.value)
+# Finished runs older than this are not checked for a lost learner notification.
+POSTMORTEM_WINDOW = timedelta(hours=1)
+# A lost learner notification is re-sent at most this many times.
+POSTMORTEM_RESENDS = 3
+REAPER_BATCH = 500
+
+
+class Reaper:
+    """Finds the work whose message was lost and sends it again (DESIGN §7).
+
+    Every message is published through the outbox, but a published message can still be lost:
+    held by a worker that was SIGKILLed (the broker gives it back only after the visibility
+    timeout, ``2 * PODIUM_CALL_TIMEOUT_S + 600 s``), dropped by a broker restarted without
+    persistence, or consumed by an orchestrator killed mid-step. Each pass looks at the
+    store, the source of truth, for:
+
+    - ``queued`` runs older than ``reaper_stall_s``, and ``running`` runs with no call in flight
+      whose last call ended more than ``reaper_stall_s`` ago: an AdvanceRun is sent (the step
+      is idempotent: a run that does not need it returns at once);
+    - ``pending`` calls older than ``reaper_stall_s``: their ExecuteAgentCall is sent again (a
+      duplicate is dropped by the worker's claim);
+    - ``running`` calls whose lease lapsed on two passes in a row (their worker died): sent
+      again, to be taken over, until started ``call_max_attempts`` times; then failed with
+      ``call_lost`` and their run stepped, so the pattern reports the failure cleanly;
+    - runs finished within the hour without a post-mortem: their RunCompleted is sent again
+      (the learner is idempotent per run), at most ``POSTMORTEM_RESENDS`` times.
+
+    Re-sends of one item back off exponentially from ``reaper_stall_s``, so a long backlog
+    is not flooded with duplicates. Runs past their deadline are failed by the deadline sweep.
+    Several orchestrators may each run a reaper: duplicates are harmless, only wasted.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        # key -> (times sent, monotonic time before which it is not sent again)
+        self._sent: dict[str, tuple[int, float]] = {}
+        # running calls whose lease was missing at an earlier pass -> when first seen missing
+        self._suspects: dict[str, float] = {}
+        self.totals: Counter[str] = Counter()
+
+    # --- rate limiting ------------------------------------------------------------------------
+    def _due(self, key: str, now: float, limit: int | None = None) -> bool:
+        count, not_before = self._sent.get(key, (0, 0.0))
+        return now >= not_before and (limit is None or count < limit)
+
+    def _mark(self, key: str, now: float) -> None:
+        count, _ = self._sent.get(key, (0, 0.0))
+        backoff = self.settings.reaper_stall_s * 2 ** min(count, 4)
+        self._sent[key] = (count + 1, now + backoff)
+
+    def _forget(self, now: float) -> None:
+        horizon = self.settings.reaper_stall_s * 64
+        self._sent = {k: v for k, v in self._sent.items() if now - v[1] < horizon}
+
+    def _send(self, message: Message, queue: str) -> None:
+        self.runtime.celery.send_task(
+            message.TASK.value, args=[message.model_dump(mode="json")], queue=queue
+        )
+
+    # --- one pass -----------------------------------------------------------------------------
+    def run_once(self) -> Counter[str]:
+        now = time.monotonic()
+        self._forget(now)
+        done: Counter[str] = Counter()
+        self._stalled_runs(now, done)
+        self._pending_calls(now, done)
+        self._lost_calls(now, done)
+        self._lost_postmortems(now, done)
+        if done:
+            log.warning("reaper: %s", ", ".join(f"{k}={v}" for k, v in sorted(done.items())))
+            self.totals.update(done)
+        return done
+
+    def _stalled_runs(self, now: float, done: Counter[str]) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.settings.reaper_stall_s)
+        in_flight = exists().where(
+            AgentCall.run_id == Run.id, AgentCall.status.in_(ACTIVE_CALL_STATUSES)
+        )
+        last_end = (
+            select(func.max(AgentCall.finished_at))
+            .where(AgentCall.run_id == Run.id)
+            .correlate(Run)
+            .scalar_subquery()
+        )
+        with self.runtime.db.session() as session:
+            queued = list(
+                session.scalars(
+                    select(Run.id)
+                    .where(Run.status == RunStatus.QUEUED.value, Run.created_at < cutoff)
+                    .order_by(Run.created_at)
+                    .limit(REAPER_BATCH)
+                )
+            )
+            idle = list(
+                session.scalars(
+                    select(Run.id)
+                    .where(
+                        Run.status == RunStatus.RUNNING.value,
+                        ~in_flight,
+                        func.coalesce(last_end, Run.started_at, Run.created_at) < cutoff,
+                    )
+                    .limit(REAPER_BATCH)
+                )
+            )
+        for run_ids, reason, label in (
+            (queued, "run.created", "queued_runs_retriggered"),
+            (idle, "call.finished", "idle_runs_retriggered"),
+        ):
+            for run_id in run_ids:
+                key = f"run:{run_id}"
+                if self._due(key, now):
+                    self._send(AdvanceRun(run_id=run_id, reason=reason), Queue.ORCHESTRATOR.value)
+                    self._mark(key, now)
+                    done[label] += 1
+
+    def _pending_calls(self, now: float, done: Counter[str]) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.settings.reaper_stall_s)
+        with self.runtime.db.session() as session:
+            rows = session.execute(
+                select(AgentCall.id, AgentCall.run_id, AgentCall.pool)
+                .join(Run, Run.id == AgentCall.run_id)
+                .where(
+                    AgentCall.status == CallStatus.PENDING.value,
+                    AgentCall.created_at < cutoff,
+                    Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+                )
+                .order_by(AgentCall.created_at)
+                .limit(REAPER_BATCH)
+            ).all()
+        for call_id, run_id, pool in rows:
+            key = f"call:{call_id}"
+            if self._due(key, now):
+                self._send(ExecuteAgentCall(call_id=call_id, run_id=run_id), agents_queue(pool))
+                self._mark(key, now)
+                done["pending_calls_resent"] += 1
+
+    def _lost_calls(self, now: float, done: Counter[str]) -> None:
+        grace = timedelta(seconds=self.settings.call_lease_s)
+        with self.runtime.db.session() as session:
+            rows = session.execute(
+                select(AgentCall.id, AgentCall.run_id, AgentCall.pool, AgentCall.attempts)
+                .where(
+                    AgentCall.status == CallStatus.RUNNING.value,
+                    AgentCall.started_at < utcnow() - grace,
+                )
+                .limit(REAPER_BATCH)
+            ).all()
+        if not rows:
+            self._suspects.clear()
+            return
+        alive = self.runtime.leases.alive([r[0] for r in rows])
+        # Two strikes, a heartbeat apart: a lease briefly missing (Redis restarted, renewal
+        # under way) is not a lost worker.
+        strike = self.settings.call_lease_s / 3
+        suspects: dict[str, float] = {}
+        for call_id, run_id, pool, attempts in rows:
+            if call_id in alive:
+                continue
+            first_seen = self._suspects.get(call_id, now)
+            suspects[call_id] = first_seen
+            if now - first_seen < strike:
+                continue
+            if attempts >= self.settings.call_max_attempts:
+                if self._fail_lost(call_id, run_id, attempts):
+                    done["lost_calls_failed"] += 1
+                continue
+            key = f"call:{call_id}:{attempts}"
+            if self._due(key, now):
+                self._send(ExecuteAgentCall(call_id=call_id, run_id=run_id), agents_queue(pool))
+                self._mark(key, now)
+                done["lost_calls_resent"] += 1
+        self._suspects = suspects
+
+    def _fail_lost(self, call_id: str, run_id: str, attempts: int) -> bool:
+        with self.runtime.transaction() as tx:
+            failed = tx.session.execute(
+                update(AgentCall)
+                .where(
+                    AgentCall.id == call_id,
+                    AgentCall.status == CallStatus.RUNNING.value,
+                    AgentCall.attempts == attempts,
+                )
+                .values(
+                    status=CallStatus.FAILED.value,
+                    error=call_lost_error(attempts),
+                    finished_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if failed:
+                tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
+        if failed:
+            log.error(
+                "call %s of run %s lost %d times: failed (call_lost)", call_id, run_id, attempts
+            )
+        return bool(failed)
+
+    def _lost_postmortems(self, now: float, done: Counter[str]) -> None:
+        wall = utcnow()
+        with self.runtime.db.session() as session:
+            rows = session.execute(
+                select(Run.id, Run.tenant_id, Run.status)
+                .where(
+                    Run.status.in_([s.value for s in TERMINAL_RUN_STATUSES]),
+                    Run.finished_at > wall - POSTMORTEM_WINDOW,
+                    Run.finished_at < wall - timedelta(seconds=self.settings.reaper_stall_s),
+                    ~exists().where(PostMortem.run_id == Run.id),
+                )
+                .limit(REAPER_BATCH)
+            ).all()
+        for run_id, tenant_id, status in rows:
+            key = f"postmortem:{run_id}"
+            if self._due(key, now, limit=POSTMORTEM_RESENDS):
+                message = RunCompleted(run_id=run_id, tenant_id=tenant_id, status=status)
+                self._send(message, Queue.LEARNER.value)
+                self._mark(key, now)
+                done["run_completed_resent"] += 1
+
+
+def reaper_loop(runtime: Runtime, stop: threading.Event) -> None:
+    """Run the reaper every ``reaper_interval_s`` (if ``reaper_enabled``)."""
+    if not runtime.settings.reaper_enabled:
+        log.warning("the reaper is disabled (PODIUM_REAPER_ENABLED=false): lost work stays lost")
+        return
+    reaper = Reaper(runtime)
+    while not stop.wait(runtime.settings.reaper_interval_s):
+        try:
+            reaper.run_once()
+        except Exception as exc:  # store or broker down: the next pass tries again
+            log.warning("reaper pass failed: %s", exc)

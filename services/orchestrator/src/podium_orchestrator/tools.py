@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from podium.learning import REQUEST_CLASSES
 from podium.llm import ToolSpec
 
 # Bounded: grammar-constrained small models otherwise ramble until max_tokens cuts the JSON.
@@ -29,8 +30,14 @@ def orchestrator_tools(agents: list[str], patterns: list[str]) -> list[ToolSpec]
     return [
         ToolSpec(
             name="choose_pattern",
-            description="Choose how the request is executed.",
-            parameters=_schema({"pattern": {"type": "string", "enum": patterns}}, ["pattern"]),
+            description="Choose how the request is executed, and classify the request.",
+            parameters=_schema(
+                {
+                    "pattern": {"type": "string", "enum": patterns},
+                    "request_class": {"type": "string", "enum": list(REQUEST_CLASSES)},
+                },
+                ["pattern"],
+            ),
         ),
         ToolSpec(
             name="route_to_agent",

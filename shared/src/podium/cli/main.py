@@ -242,10 +242,16 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
 
 def _register_extra_commands() -> None:
     from podium.cli.agents import agents
+    from podium.cli.dashboards import dashboards
     from podium.cli.demo import demo
+    from podium.cli.dlq import dlq
+    from podium.cli.learner import learner
     from podium.cli.local import down, up
 
     cli.add_command(agents)
+    cli.add_command(dashboards)
+    cli.add_command(learner)
+    cli.add_command(dlq)
     cli.add_command(up)
     cli.add_command(down)
     cli.add_command(demo)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from podium.llm import build_provider
 from podium.llm.base import ChatRequest, ChatResult, DeltaCallback, LLMProvider, ProviderError
+from podium.metrics import PROVIDER_ERRORS, PROVIDER_FALLBACKS, PROVIDER_RETRIES
 from podium.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def complete_with_fallback(
         is_last_provider = index == len(providers) - 1
         if index > 0:
             check_stop()
+            PROVIDER_FALLBACKS.labels(providers[index - 1].name, provider.name).inc()
         for try_no in range(1, policy.max_attempts + 1):
             global_index = len(attempts)
             metadata = {**request.metadata, "attempt": global_index}
@@ -142,6 +144,7 @@ def complete_with_fallback(
                 result = provider.complete(attempt_request, on_delta=on_delta)
             except ProviderError as exc:
                 last_error = exc
+                PROVIDER_ERRORS.labels(provider.name, exc.kind.value).inc()
                 record = Attempt(provider.name, global_index, str(exc), exc.kind.value, 0.0)
                 attempts.append(record)
                 if not exc.retryable or try_no == policy.max_attempts:
@@ -160,6 +163,7 @@ def complete_with_fallback(
                 record.delay_s = delay
                 check_stop()
                 log.info("provider %s: %s; retrying in %.2fs", provider.name, exc, delay)
+                PROVIDER_RETRIES.labels(provider.name).inc()
                 if delay > 0:
                     sleep(delay)
                 check_stop()

@@ -218,6 +218,8 @@ class Run(TenantOwned, Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     # Guard hits, in order: [{"guard": ..., "detail": ..., "at": ...}].
     guards: Mapped[list[Any]] = mapped_column(default=list)
+    # The request class the first decision settled on (DESIGN §4 statistics key).
+    request_class: Mapped[str | None] = mapped_column(String(30))
     # The question an ask_user decision put to the user, while awaiting_input.
     awaiting: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -339,6 +341,69 @@ class PostMortem(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Feedback(TenantOwned, Base):
+    """A user's delayed rating of a run, or of one message of it (DESIGN §4)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[str | None] = mapped_column(String(32))
+    api_key_id: Mapped[str] = mapped_column(String(32))
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    # One feedback per (run, API key, message): a repeat returns the same row.
+    dedupe_key: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RunOutcome(TenantOwned, Base):
+    """What the learner knows of one finished run: the inputs of its statistics."""
+
+    __tablename__ = "run_outcomes"
+    __table_args__ = (Index("ix_run_outcomes_class", "tenant_id", "request_class"),)
+
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_class: Mapped[str] = mapped_column(String(30))
+    pattern: Mapped[str] = mapped_column(String(50))
+    agents: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(20))
+    feedback_count: Mapped[int] = mapped_column(Integer, default=0)
+    mean_rating: Mapped[float | None] = mapped_column(Float)
+    good: Mapped[bool] = mapped_column(Boolean)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # The pattern a learned policy overruled for this run, if any.
+    overruled_from: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class LearningStat(TenantOwned, Base):
+    """Per tenant x request class x pattern (or agent): counts and a Beta posterior of a good
+    outcome. Recomputed from run_outcomes, so replays and duplicates cannot skew it."""
+
+    __tablename__ = "learning_stats"
+    __table_args__ = (UniqueConstraint("tenant_id", "request_class", "dimension", "value"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    request_class: Mapped[str] = mapped_column(String(30))
+    dimension: Mapped[str] = mapped_column(String(10))  # "pattern" or "agent"
+    value: Mapped[str] = mapped_column(String(100))
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    good: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    feedback_count: Mapped[int] = mapped_column(Integer, default=0)
+    mean_rating: Mapped[float | None] = mapped_column(Float)
+    mean_cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    mean_latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
 class OutboxMessage(Base):
     """A message to another service, written in the same transaction as the state change."""
 
@@ -352,6 +417,23 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeadLetter(Base):
+    """A message no consumer could apply (invalid, unknown, or out of retries), kept with its
+    payload and error so an operator can inspect and replay it (``podium dlq``)."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_created", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    task: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str | None] = mapped_column(String(100))
+    payload: Mapped[Any] = mapped_column(JSON)
+    error: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(30))  # invalid, unknown_task, rejected, exhausted
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ProcessedEvent(Base):

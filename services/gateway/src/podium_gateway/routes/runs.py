@@ -18,6 +18,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from podium.events import TERMINAL_EVENT_TYPES, RunEvent
 from podium.messages import AdvanceRun
+from podium.metrics import TENANT_RUNS, tenant_label
 from podium.patterns import cached_patterns
 from podium.runtime import Runtime, Tx
 from podium.store import (
@@ -37,6 +38,7 @@ from podium.store import (
 from podium.store.threads import append_event
 from podium_gateway.auth import Principal, RuntimeDep, TenantDep
 from podium_gateway.errors import ApiError, not_found
+from podium_gateway.routes.health import UNAVAILABLE_RESPONSE, Available
 from podium_gateway.schemas import (
     DecisionOut,
     OrchestrationOut,
@@ -74,8 +76,14 @@ def _existing_for_key(
         return RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
 
 
-@router.post("/v1/threads/{thread_id}/runs", status_code=202, response_model=RunAccepted)
+@router.post(
+    "/v1/threads/{thread_id}/runs",
+    status_code=202,
+    response_model=RunAccepted,
+    responses=UNAVAILABLE_RESPONSE,
+)
 def create_run(
+    _available: Available,
     thread_id: str,
     body: RunCreate,
     principal: TenantDep,
@@ -171,6 +179,7 @@ def _admit(
             tx.send(AdvanceRun(run_id=active.id, reason="run.cancel"))
         tx.send(AdvanceRun(run_id=run.id, reason="run.created"))
         accepted = RunAccepted(id=run.id, status=run.status, thread_id=thread_id)
+    TENANT_RUNS.labels(tenant_label(principal.tenant_id)).inc()
     _publish(runtime, accepted.id, "run.queued", {"run_id": accepted.id, "thread_id": thread_id})
     return accepted
 
@@ -254,8 +263,15 @@ def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
     )
 
 
-@router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunAccepted)
-def cancel_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunAccepted:
+@router.post(
+    "/v1/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=RunAccepted,
+    responses=UNAVAILABLE_RESPONSE,
+)
+def cancel_run(
+    _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
+) -> RunAccepted:
     """Ask a run to stop; in-flight calls stop at their next step."""
     with runtime.transaction(principal.tenant_id) as tx:
         run = tx.session.scalars(select(Run).where(Run.id == run_id)).one_or_none()
@@ -276,8 +292,15 @@ def cancel_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunAcc
     return accepted
 
 
-@router.post("/v1/runs/{run_id}/resume", status_code=202, response_model=RunAccepted)
-def resume_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunAccepted:
+@router.post(
+    "/v1/runs/{run_id}/resume",
+    status_code=202,
+    response_model=RunAccepted,
+    responses=UNAVAILABLE_RESPONSE,
+)
+def resume_run(
+    _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
+) -> RunAccepted:
     """Continue a run held by its token, cost or iteration cap; the caps are doubled."""
     try:
         with runtime.transaction(principal.tenant_id) as tx:
