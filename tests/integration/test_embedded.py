@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
@@ -11,6 +9,7 @@ import pytest
 
 from podium.client import PodiumClient
 from tests.conftest import base_env
+from tests.support.embedded import start_embedded, stop_embedded
 from tests.support.stack import free_port, wait_for_run
 
 
@@ -26,28 +25,9 @@ def embedded(tmp_path_factory):
         PODIUM_REDIS_URL="redis://127.0.0.1:1/0",
         PODIUM_SIMULATED_LATENCY_MS="50",
     )
-    log = (workdir / "dev.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from podium.cli.main import cli; cli()", "dev"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (workdir / "dev.log").read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        pytest.fail("podium dev never became ready")
+    proc, url = start_embedded(env, workdir)
     yield url, env["PODIUM_ADMIN_KEY"], workdir
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    stop_embedded(proc)
 
 
 def test_embedded_mode_end_to_end(embedded):

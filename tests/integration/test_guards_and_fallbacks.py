@@ -4,15 +4,13 @@ trips, is recorded, and leaves the run in a clean state (DESIGN §3, §7)."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 
 from podium.client import PodiumAPIError, PodiumClient
 from tests.conftest import FIXTURES, ROOT, base_env
+from tests.support.embedded import start_embedded, stop_embedded
 from tests.support.inspect import calls_of, finished, roles
 from tests.support.stack import free_port, wait_for_run
 
@@ -207,31 +205,13 @@ def tight_budget(tmp_path_factory):
         PODIUM_ORCHESTRATOR_TOKEN_BUDGET="100",
         PYTHONPATH=str(ROOT),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from podium.cli.main import cli; cli()", "dev"],
-        env=env,
-        stdout=(workdir / "dev.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            workdir / "dev.log"
-        ).read_text()
-        time.sleep(0.2)
+    proc, url = start_embedded(env, workdir)
     with PodiumClient(url, env["PODIUM_ADMIN_KEY"]) as admin:
         tenant = admin.create_tenant("budget")
         key = admin.create_key(tenant["id"])["key"]
     with PodiumClient(url, key) as client:
         yield client
-    proc.terminate()
-    proc.wait(timeout=20)
+    stop_embedded(proc)
 
 
 def test_exhausted_decision_budget_falls_back(tight_budget):

@@ -151,19 +151,3 @@ class OrchestrationOut(BaseModel):
     summary: str | None
     outcome: dict[str, Any] | None
     postmortem: dict[str, Any] | None
-
-
-class AgentOut(BaseModel):
-    name: str
-    description: str
-    instructions: str
-    provider: str | None
-    model: str | None
-    temperature: float
-    max_output_tokens: int
-    tools: list[Any]
-    sub_agents: list[Any]
-
-
-class AgentList(BaseModel):
-    data: list[AgentOut]
