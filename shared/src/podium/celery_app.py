@@ -9,9 +9,11 @@ Outages: a publish fails within about a second when the broker is down (short re
 bounded socket timeouts) instead of blocking its caller; the outbox sweep publishes it later.
 A worker reconnects by itself once the broker is back.
 
-Shutdown: SIGTERM is Celery's warm shutdown (stop consuming, finish running tasks, give the
-messages not started back to the queue); SIGQUIT is the soft shutdown, which waits
-``PODIUM_SHUTDOWN_GRACE_S`` for running tasks, then cancels and requeues them.
+Shutdown: SIGTERM is Celery's warm shutdown: stop consuming, finish the running tasks, give
+the messages not started (reserved, or waiting for a retry's countdown) back to the queue at
+once, exit. (Celery's "soft shutdown" timeout cannot cancel a task of the threads pool, so it
+is not used.) A worker killed before its running calls finished is case (a) of
+docs/reliability.md: the reaper re-sends them once their lease lapses.
 
 ``PODIUM_UNSAFE_EARLY_ACK`` (test only, refused without ``PODIUM_ALLOW_UNSAFE=1``) turns early
 acknowledgement back on so the fault tests can show that their harness detects the loss.
@@ -91,8 +93,6 @@ def make_celery(settings: Settings, name: str) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
-        # SIGQUIT: running tasks get this long, then are cancelled and requeued.
-        worker_soft_shutdown_timeout=settings.shutdown_grace_s,
         broker_pool_limit=max(settings.worker_concurrency, 10),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

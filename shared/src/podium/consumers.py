@@ -13,7 +13,9 @@
 
 Unknown task names and messages in a content type we do not accept are dead-lettered too,
 from Celery's signals, and so are bodies that cannot even be decoded (Celery would only log
-those), through ``DeadLetteringConsumer``.
+those), through ``PodiumConsumer``. That consumer also keeps a worker alive when its broker
+connection drops with messages in flight (a Celery 5.7 / kombu 5.7 bug otherwise stops the
+worker with "Unrecoverable error: AttributeError ... 'hostname'").
 """
 
 from __future__ import annotations
@@ -176,17 +178,53 @@ def install_dead_letter_signals(runtime: Runtime) -> None:
         f"undecodable: {type(exc).__name__}: {exc}",
         "undecodable",
     )
-    runtime.celery.conf.worker_consumer = f"{__name__}:DeadLetteringConsumer"
+    runtime.celery.conf.worker_consumer = f"{__name__}:PodiumConsumer"
 
 
-class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
-    """Celery's consumer, but a body it cannot decode is dead-lettered, not only logged."""
+class PodiumConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, with two repairs:
+
+    - a body it cannot decode is dead-lettered, not only logged;
+    - when the broker connection is lost, Celery collects the connection (its transport
+      loses its client), then closes it; the Redis transport's close, and every later ack of
+      a task that was running, goes through that missing client: an AttributeError that
+      Celery treats as unrecoverable, so the worker stops for good. Here the close and the
+      acks on the lost channel are made harmless (logged), and the consumer reconnects as it
+      should. The messages concerned stay in Redis's unacked set, to be restored after the
+      visibility timeout (their work was done, or is redone by the reaper: consumers are
+      idempotent).
+    """
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         record = getattr(self.app, "podium_dead_letter", None)
         if record is not None:
             record(message, exc)
         super().on_decode_error(message, exc)
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        connection = self.connection
+        if connection is not None:
+            _defuse(connection, "close")
+        channel = getattr(getattr(self, "task_consumer", None), "channel", None)
+        if channel is not None:
+            _defuse(channel, "basic_ack")
+            _defuse(channel, "basic_reject")
+        super().on_connection_error_after_connected(exc)
+
+
+def _defuse(obj: Any, name: str) -> None:
+    """Make ``obj.name(...)`` (on a broker connection that was lost) log its failure instead
+    of raising it into Celery's event loop."""
+    original = getattr(obj, name)
+
+    def defused(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except Exception as error:
+            log.warning("%s on a lost broker connection failed (ignored): %r", name, error)
+            return None
+
+    setattr(obj, name, defused)
 
 
 def _queue(message: Any) -> str | None:

@@ -147,11 +147,6 @@ class Settings(BaseSettings):
     call_lease_s: float = Field(default=30.0, ge=1)
     # ... until it has been started this many times; then it fails with "call_lost".
     call_max_attempts: int = Field(default=3, ge=1)
-    # Agent-worker soft shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): running
-    # calls get this long to finish, then they are cancelled and their messages requeued.
-    # A plain SIGTERM is Celery's warm shutdown: running calls finish, messages not started
-    # go back to the queue at once.
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
     # The gateway re-checks the store, the broker and Redis this often; admission answers
     # 503 (with Retry-After) while one of them is down.
     health_probe_interval_s: float = Field(default=1.0, gt=0)

@@ -26,6 +26,7 @@ from celery import signals
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from podium.consumers import is_outage
 from podium.events import call_lost_error
 from podium.llm import ChatMessage, ChatRequest, ChatResult, ProviderError, ToolCall
 from podium.llm.resilience import (
@@ -74,6 +75,8 @@ from podium_agent_worker.tools.search_impl import search_events
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_S = 0.25
+# How long a finished call waits for the store to come back before giving up its commit.
+COMMIT_PATIENCE_S = 120.0
 
 
 class CallCancelled(Exception):
@@ -226,12 +229,19 @@ class Executor:
 
     # --- cancellation ---------------------------------------------------------------------
     def _stopped(self, call: AgentCall) -> bool:
-        with self.runtime.db.session() as session:
-            row = session.execute(
-                select(AgentCall.status, Run.cancel_requested)
-                .join(Run, Run.id == AgentCall.run_id)
-                .where(AgentCall.id == call.id)
-            ).first()
+        try:
+            with self.runtime.db.session() as session:
+                row = session.execute(
+                    select(AgentCall.status, Run.cancel_requested)
+                    .join(Run, Run.id == AgentCall.run_id)
+                    .where(AgentCall.id == call.id)
+                ).first()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # The store is down: keep going; the commit waits for it (see _commit).
+            log.debug("cancel check of call %s skipped: %s", call.id, exc)
+            return False
         return row is None or row[0] != CallStatus.RUNNING or bool(row[1])
 
     # --- compaction -----------------------------------------------------------------------
@@ -422,6 +432,22 @@ class Executor:
 
     # --- phase 3: commit once -------------------------------------------------------------
     def _commit(self, call: AgentCall, values: dict[str, Any], answer: str | None) -> bool:
+        """Commit the outcome once. A store outage is waited out (up to COMMIT_PATIENCE_S,
+        the lease renewed meanwhile) rather than thrown away: redoing the call would spend on
+        the provider again for a result already in hand."""
+        deadline = time.monotonic() + COMMIT_PATIENCE_S
+        delay = 0.25
+        while True:
+            try:
+                return self._commit_once(call, values, answer)
+            except Exception as exc:
+                if not is_outage(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("commit of call %s waits for the store: %s", call.id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _commit_once(self, call: AgentCall, values: dict[str, Any], answer: str | None) -> bool:
         with self.runtime.transaction() as tx:
             session = tx.session
             won = session.execute(

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +34,47 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
         self.extra = extra
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message", ...}}``."""
+
+    error: ErrorInfo
+
+
+_DESCRIPTIONS = {
+    400: "Bad request.",
+    401: "Missing, malformed or unknown API key.",
+    403: "Not allowed with this key.",
+    404: "No such resource for this tenant.",
+    409: "Conflicts with the resource's current state.",
+    413: "Request body too large.",
+    422: "Invalid request.",
+    429: "Too many requests; retry after Retry-After.",
+    503: "A dependency (store, broker) is unavailable; retry after Retry-After.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for these error statuses, with the error body schema."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        if status in (429, 503):
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        out[status] = entry
+    return out
+
+
+# What any authenticated /v1 route may answer besides its success.
+API_ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 
 
 def not_found(kind: str, ident: str) -> ApiError:
@@ -101,7 +143,17 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and type(exc.__cause__).__name__ == "TooLarge":
+            # A chunked body (no Content-Length) crossed the size limit while FastAPI read
+            # it: the body-limit middleware's refusal, which FastAPI reports as an
+            # unparsable body. It is a 413.
+            limit = request.app.state.runtime.settings.max_request_bytes
+            return JSONResponse(
+                error_body("payload_too_large", f"request body exceeds {limit} bytes"),
+                413,
+                headers={"connection": "close"},
+            )
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return JSONResponse(

@@ -23,6 +23,7 @@ from podium.store import (
     PostMortem,
     Run,
     RunStatus,
+    Thread,
     utcnow,
 )
 from podium_orchestrator.step import RunBusy, advance
@@ -110,9 +111,10 @@ class Reaper:
     persistence, or consumed by an orchestrator killed mid-step. Each pass looks at the
     store, the source of truth, for:
 
-    - ``queued`` runs older than ``reaper_stall_s``, and ``running`` runs with no call in flight
-      whose last call ended more than ``reaper_stall_s`` ago: an AdvanceRun is sent (the step
-      is idempotent: a run that does not need it returns at once);
+    - ``queued`` runs older than ``reaper_stall_s``, ``running`` runs with no call in flight
+      whose last call ended more than ``reaper_stall_s`` ago, and ``awaiting_input`` runs
+      whose question has been answered: an AdvanceRun is sent (the step is idempotent: a run
+      that does not need it returns at once);
     - ``pending`` calls older than ``reaper_stall_s``: their ExecuteAgentCall is sent again (a
       duplicate is dropped by the worker's claim);
     - ``running`` calls whose lease lapsed on two passes in a row (their worker died): sent
@@ -199,9 +201,23 @@ class Reaper:
                     .limit(REAPER_BATCH)
                 )
             )
+            waiting = session.execute(
+                select(Run.id, Run.awaiting, Thread.event_count)
+                .join(Thread, Thread.id == Run.thread_id)
+                .where(Run.status == RunStatus.AWAITING_INPUT.value)
+                .limit(REAPER_BATCH)
+            ).all()
+        # A run that asked the user a question, whose thread has grown since: answered, and
+        # the trigger of that answer may be the message that was lost.
+        answered = [
+            run_id
+            for run_id, awaiting, events in waiting
+            if events > int((awaiting or {}).get("asked_seq", events))
+        ]
         for run_ids, reason, label in (
             (queued, "run.created", "queued_runs_retriggered"),
             (idle, "call.finished", "idle_runs_retriggered"),
+            (answered, "user.answered", "answered_runs_retriggered"),
         ):
             for run_id in run_ids:
                 key = f"run:{run_id}"

@@ -19,9 +19,9 @@ from podium.store import Agent, Tenant, tenant_session, utcnow
 from podium.tools_catalog import KNOWN_TOOL_NAMES
 from podium_gateway.agent_schemas import AGENT_NAME_PATTERN, AgentIn, AgentList, AgentOut
 from podium_gateway.auth import Principal, RuntimeDep, TenantDep
-from podium_gateway.errors import ApiError, not_found
+from podium_gateway.errors import API_ERRORS, ApiError, ErrorBody, not_found
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=API_ERRORS)
 
 AgentName = Annotated[
     str,
@@ -119,7 +119,7 @@ def _put(runtime: Runtime, principal: Principal, name: str, body: AgentIn) -> tu
     response_model=AgentOut,
     responses={
         201: {"model": AgentOut, "description": "The agent was created."},
-        422: {"description": "Invalid body, unknown tool or unknown sub-agent."},
+        422: {"model": ErrorBody, "description": "Invalid body, unknown tool or sub-agent."},
     },
 )
 def put_agent(
@@ -146,7 +146,7 @@ def put_agent(
     "/{name}",
     status_code=204,
     response_class=Response,
-    responses={409: {"description": "The agent is the tenant's default agent."}},
+    responses={409: {"model": ErrorBody, "description": "It is the tenant's default agent."}},
 )
 def delete_agent(name: AgentName, principal: TenantDep, runtime: RuntimeDep) -> Response:
     """Delete the agent ``name``; it is also removed from other agents' ``sub_agents``. The

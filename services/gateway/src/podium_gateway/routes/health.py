@@ -14,11 +14,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -60,6 +61,15 @@ def checks(runtime: Runtime, engine: Engine | None = None) -> dict[str, Callable
     store_engine = engine or runtime.db.engine
 
     def store() -> None:
+        if store_engine.dialect.name == "sqlite":
+            # Below SQLAlchemy's transaction hooks: the embedded store opens every
+            # transaction with BEGIN IMMEDIATE, a write lock a probe must not take.
+            raw = store_engine.raw_connection()
+            try:
+                raw.cursor().execute("SELECT 1")
+            finally:
+                raw.close()
+            return
         with store_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
@@ -197,16 +207,24 @@ def require_available(request: Request) -> None:
 
 Available = Annotated[None, Depends(require_available)]
 
-# OpenAPI documentation of the answers every route may give while a dependency is down.
-UNAVAILABLE_RESPONSE: dict[int | str, dict[str, Any]] = {
-    503: {
-        "description": "A dependency (store, broker) is unavailable; retry after Retry-After.",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-    }
-}
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+    elapsed_ms: float
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unavailable."}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "A dependency is unavailable.",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        }
+    },
+)
 def readyz(request: Request) -> JSONResponse:
     started = time.perf_counter()
     status = probe_status(request)
@@ -220,7 +238,11 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics."}},
+)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

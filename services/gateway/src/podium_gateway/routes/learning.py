@@ -25,9 +25,9 @@ from podium.store import (
     tenant_session,
 )
 from podium_gateway.auth import RuntimeDep, TenantDep
-from podium_gateway.errors import ApiError, not_found
+from podium_gateway.errors import API_ERRORS, ApiError, error_responses, not_found
 
-router = APIRouter(tags=["learning"])
+router = APIRouter(tags=["learning"], responses=API_ERRORS)
 
 
 class FeedbackIn(BaseModel):
@@ -49,7 +49,15 @@ class FeedbackOut(BaseModel):
     created_at: datetime
 
 
-@router.post("/v1/runs/{run_id}/feedback", status_code=201, response_model=FeedbackOut)
+@router.post(
+    "/v1/runs/{run_id}/feedback",
+    status_code=201,
+    response_model=FeedbackOut,
+    responses={
+        200: {"model": FeedbackOut, "description": "The same feedback, given again."},
+        **error_responses(409),
+    },
+)
 def post_feedback(
     run_id: str, body: FeedbackIn, principal: TenantDep, runtime: RuntimeDep, response: Response
 ) -> FeedbackOut:

@@ -7,8 +7,9 @@ from fastapi import APIRouter
 from podium.patterns import cached_patterns
 from podium_gateway.agent_schemas import PatternList, PatternOut
 from podium_gateway.auth import RuntimeDep, TenantDep
+from podium_gateway.errors import API_ERRORS
 
-router = APIRouter(prefix="/v1/patterns", tags=["patterns"])
+router = APIRouter(prefix="/v1/patterns", tags=["patterns"], responses=API_ERRORS)
 
 
 @router.get("", response_model=PatternList)

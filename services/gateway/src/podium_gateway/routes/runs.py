@@ -37,8 +37,8 @@ from podium.store import (
 )
 from podium.store.threads import append_event
 from podium_gateway.auth import Principal, RuntimeDep, TenantDep
-from podium_gateway.errors import ApiError, not_found
-from podium_gateway.routes.health import UNAVAILABLE_RESPONSE, Available
+from podium_gateway.errors import API_ERRORS, ApiError, error_responses, not_found
+from podium_gateway.routes.health import Available
 from podium_gateway.schemas import (
     DecisionOut,
     OrchestrationOut,
@@ -48,7 +48,7 @@ from podium_gateway.schemas import (
     Usage,
 )
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], responses=API_ERRORS)
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15
@@ -80,7 +80,7 @@ def _existing_for_key(
     "/v1/threads/{thread_id}/runs",
     status_code=202,
     response_model=RunAccepted,
-    responses=UNAVAILABLE_RESPONSE,
+    responses=error_responses(409),
 )
 def create_run(
     _available: Available,
@@ -267,7 +267,7 @@ def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
     "/v1/runs/{run_id}/cancel",
     status_code=202,
     response_model=RunAccepted,
-    responses=UNAVAILABLE_RESPONSE,
+    responses=error_responses(409),
 )
 def cancel_run(
     _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
@@ -296,7 +296,7 @@ def cancel_run(
     "/v1/runs/{run_id}/resume",
     status_code=202,
     response_model=RunAccepted,
-    responses=UNAVAILABLE_RESPONSE,
+    responses=error_responses(409),
 )
 def resume_run(
     _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep

@@ -7,10 +7,12 @@ from fastapi import APIRouter
 from podium.roster import DEFAULT_AGENT, DEFAULT_ROSTER
 from podium.store import Agent, ApiKey, Tenant
 from podium_gateway.auth import AdminDep, RuntimeDep, generate_key, hash_key
-from podium_gateway.errors import not_found
+from podium_gateway.errors import API_ERRORS, error_responses, not_found
 from podium_gateway.schemas import ApiKeyCreate, ApiKeyOut, TenantCreate, TenantOut
 
-router = APIRouter(prefix="/v1/tenants", tags=["admin"])
+router = APIRouter(
+    prefix="/v1/tenants", tags=["admin"], responses={**API_ERRORS, **error_responses(403)}
+)
 
 
 @router.post("", status_code=201, response_model=TenantOut)

@@ -9,10 +9,10 @@ from sqlalchemy import select
 
 from podium.store import Thread, ThreadEvent, tenant_session
 from podium_gateway.auth import RuntimeDep, TenantDep
-from podium_gateway.errors import not_found
+from podium_gateway.errors import API_ERRORS, not_found
 from podium_gateway.schemas import MessageOut, MessagePage, ThreadCreate, ThreadOut
 
-router = APIRouter(prefix="/v1/threads", tags=["threads"])
+router = APIRouter(prefix="/v1/threads", tags=["threads"], responses=API_ERRORS)
 
 
 def _thread_out(thread: Thread) -> ThreadOut:
