@@ -85,6 +85,15 @@ class PodiumClient:
     def create_key(self, tenant_id: str, name: str | None = None) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/tenants/{tenant_id}/api-keys", json={"name": name}))
 
+    def set_limits(self, tenant_id: str, **limits: int | float | None) -> dict[str, Any]:
+        """Admin: set a tenant's limits (None returns one to the deployment default)."""
+        body = {"limits": limits}
+        return dict(self.request("PATCH", f"/v1/tenants/{tenant_id}", json=body))
+
+    def usage(self) -> dict[str, Any]:
+        """The calling tenant's usage against its limits."""
+        return dict(self.request("GET", "/v1/usage"))
+
     def create_thread(self, title: str | None = None) -> dict[str, Any]:
         return dict(self.request("POST", "/v1/threads", json={"title": title}))
 

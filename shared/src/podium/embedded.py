@@ -30,6 +30,7 @@ class EmbeddedPodium:
         if missing:
             raise RuntimeError(f"services not installed: {', '.join(missing)} (run `uv sync`)")
         self.runtime = Runtime(self.settings, name="podium-dev")
+        self.runtime.slots = worker_threads
         self.worker_threads = worker_threads
         self._worker: Any = None
         self._stop: threading.Event | None = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -11,12 +12,16 @@ from sqlalchemy.orm import Session
 
 from podium.celery_app import make_celery
 from podium.events import CallLeases, EventStream, make_call_leases, make_event_stream
+from podium.fair_dispatch import FairDispatcher, make_fair_dispatcher
 from podium.messages import Message
 from podium.outbox import OutboxRelay, stage
+from podium.quotas import Quotas, make_quotas
 from podium.settings import Settings
 from podium.store.db import Database
 from podium.store.models import OutboxMessage
 from podium.store.scoping import TENANT_KEY
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +30,9 @@ class Tx:
 
     session: Session
     staged: list[OutboxMessage] = field(default_factory=list)
+    # Work for after the commit (never on rollback); a failure is logged, not raised, so
+    # each hook must be repairable from the store (the reaper does that).
+    after_commit: list[Callable[[], object]] = field(default_factory=list)
 
     def send(self, message: Message, queue: str | None = None) -> None:
         target = queue or message.QUEUE
@@ -43,6 +51,8 @@ class Runtime:
         events: EventStream | None = None,
         db: Database | None = None,
         leases: CallLeases | None = None,
+        quotas: Quotas | None = None,
+        fair: FairDispatcher | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -52,6 +62,25 @@ class Runtime:
         self.relay = OutboxRelay(self.db, self.celery)
         # Leases of running agent calls (see podium.events); connects on first use.
         self.leases = leases or make_call_leases(settings)
+        self._quotas = quotas
+        self._fair = fair
+        # Task slots of this process's Celery pool, once known (announced to the fair
+        # dispatcher by agent workers).
+        self.slots = 0
+
+    @property
+    def quotas(self) -> Quotas:
+        """Tenant quota counters (Redis; in memory when embedded). Made on first use."""
+        if self._quotas is None:
+            self._quotas = make_quotas(self.settings)
+        return self._quotas
+
+    @property
+    def fair(self) -> FairDispatcher:
+        """The fair dispatcher of agent calls across tenants. Made on first use."""
+        if self._fair is None:
+            self._fair = make_fair_dispatcher(self.settings)
+        return self._fair
 
     @contextmanager
     def transaction(self, tenant_id: str | None = None) -> Iterator[Tx]:
@@ -64,8 +93,17 @@ class Runtime:
                 yield tx
         if tx.staged:
             self.relay.publish(tx.staged)
+        for hook in tx.after_commit:
+            try:
+                hook()
+            except Exception as exc:
+                log.warning("after-commit hook failed (left to the reaper): %s", exc)
 
     def close(self) -> None:
         self.events.close()
         self.leases.close()
+        if self._quotas is not None:
+            self._quotas.close()
+        if self._fair is not None:
+            self._fair.close()
         self.db.dispose()

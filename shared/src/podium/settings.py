@@ -102,6 +102,20 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
 
+    # --- tenant limits (defaults; PATCH /v1/tenants/{id} overrides them per tenant) -------
+    # 0 means unlimited. Token and cost budgets are reserved at admission (each run reserves
+    # its own cap, or what is left if less) and settled with the real usage when it ends.
+    tenant_requests_per_minute: int = Field(default=1200, ge=0)
+    tenant_concurrent_runs: int = Field(default=200, ge=0)
+    tenant_concurrent_calls: int = Field(default=64, ge=0)
+    tenant_tokens_per_day: int = Field(default=50_000_000, ge=0)
+    tenant_cost_per_month_usd: float = Field(default=2000.0, ge=0)
+    # A run is refused rather than admitted with a smaller reservation than this.
+    quota_min_run_tokens: int = Field(default=256, ge=1)
+    quota_min_run_cost_usd: float = Field(default=0.001, ge=0)
+    # Agent calls a pool may have in flight when no worker has announced its capacity.
+    dispatch_window: int = Field(default=256, ge=1)
+
     event_retention_s: int = Field(default=86400, ge=60)
     event_stream_maxlen: int = Field(default=10000, ge=100)
     # Token deltas are flushed to the run's event stream at most this often.

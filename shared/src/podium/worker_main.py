@@ -137,6 +137,7 @@ def run_worker(
     from podium.store.db import Database
 
     runtime = Runtime(settings, name=spec.name, db=Database(settings, pool_size=db_pool_size))
+    runtime.slots = slots
     if spec.register_tasks is not None:
         spec.register_tasks(runtime)
     connect_signals()

@@ -26,6 +26,7 @@ from celery import signals
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from podium.call_dispatch import complete_call
 from podium.consumers import is_outage
 from podium.events import call_lost_error
 from podium.llm import ChatMessage, ChatRequest, ChatResult, ProviderError, ToolCall
@@ -66,7 +67,7 @@ from podium.store import (
 )
 from podium.store.threads import append_event
 from podium.tools_catalog import CONTROL_TOOLS
-from podium_agent_worker.compaction import Entry, plan_compaction, summarize
+from podium_agent_worker.compaction import Entry, estimate_tokens, plan_compaction, summarize
 from podium_agent_worker.context import CallContext, load_context, render
 from podium_agent_worker.streaming import DeltaBatcher
 from podium_agent_worker.tools import ToolContext, default_registry
@@ -90,6 +91,7 @@ class Outcome:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    budget_stopped: bool = False
     provider: str | None = None
     model: str | None = None
     ttft_ms: float | None = None
@@ -103,6 +105,25 @@ class Outcome:
         self.provider, self.model = result.provider, result.model
         if self.ttft_ms is None:
             self.ttft_ms = result.ttft_ms
+
+
+MIN_TURN_TOKENS = 16
+BUDGET_STOP_MESSAGE = "I stopped here: this run's token budget is used up."
+
+
+def _token_room(
+    params: dict[str, Any], outcome: Outcome, messages: list[ChatMessage]
+) -> int | None:
+    """Output tokens the next LLM turn may use within the call's share of the run's token
+    cap (``budget_tokens``, set by the orchestrator), or None without a cap. The input is
+    estimated before the call (about 4 characters a token), so the bound is approximate by
+    that estimate's error."""
+    budget = params.get("budget_tokens")
+    if budget is None:
+        return None
+    spent = outcome.input_tokens + outcome.output_tokens
+    prompt = sum(estimate_tokens(m.content or "") for m in messages)
+    return int(budget) - spent - prompt
 
 
 class Executor:
@@ -315,14 +336,24 @@ class Executor:
         )
         tool_ctx = ToolContext(call.tenant_id, call.thread_id, call.run_id, self._searcher(call))
         max_steps = self.settings.agent_max_tool_steps
+        last_content = ""
         for step in range(max_steps + 1):
             if step and self._stopped(call):
                 raise CallCancelled
+            max_tokens = int(params.get("max_output_tokens", 1024))
+            room = _token_room(params, outcome, messages)
+            if room is not None:
+                if step and room < MIN_TURN_TOKENS:
+                    # Another turn would break the run's token cap: answer with what we have.
+                    outcome.content = last_content or BUDGET_STOP_MESSAGE
+                    outcome.budget_stopped = True
+                    return outcome
+                max_tokens = max(MIN_TURN_TOKENS, min(max_tokens, room))
             request = ChatRequest(
                 model=params.get("model") or self.settings.llm_model,
                 messages=messages,
                 temperature=float(params.get("temperature", 0.0)),
-                max_tokens=int(params.get("max_output_tokens", 1024)),
+                max_tokens=max_tokens,
                 tools=specs if step < max_steps else [],
                 timeout_s=self.settings.call_timeout_s,
                 metadata={
@@ -361,6 +392,7 @@ class Executor:
                 outcome.control = {"control": control.name, **control.arguments}
                 return outcome
             outcome.tool_steps += 1
+            last_content = result.content or last_content
             messages.append(
                 ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
             )
@@ -496,11 +528,25 @@ class Executor:
     def execute(self, message: ExecuteAgentCall) -> str | None:
         claimed = self._claim(message)
         if claimed is None:
+            self._free_slot_if_finished(message)
             return None
         try:
-            return self._execute(*claimed)
+            status = self._execute(*claimed)
         finally:
             self._drop(message.call_id)
+        # Not on an exception: a call requeued at shutdown or retried keeps its slot.
+        complete_call(self.runtime, claimed[0].pool, message.call_id, message.run_id)
+        return status
+
+    def _free_slot_if_finished(self, message: ExecuteAgentCall) -> None:
+        """A message for a call that is already over (cancelled while it waited for its
+        turn, or a redelivery) still holds a fair-dispatch slot: give it back."""
+        with self.runtime.db.session() as session:
+            row = session.execute(
+                select(AgentCall.status, AgentCall.pool).where(AgentCall.id == message.call_id)
+            ).first()
+        if row is not None and row[0] in TERMINAL_CALL_STATUSES:
+            complete_call(self.runtime, row[1], message.call_id, message.run_id)
 
     def _execute(self, call: AgentCall, _run: Run, ctx: CallContext) -> str | None:
         self._publish(

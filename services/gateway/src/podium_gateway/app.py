@@ -8,7 +8,16 @@ from podium.celery_metrics import install_state_collector
 from podium.runtime import Runtime
 from podium_gateway.errors import install_error_handlers
 from podium_gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
-from podium_gateway.routes import agents, health, learning, patterns, runs, tenants, threads
+from podium_gateway.routes import (
+    agents,
+    health,
+    learning,
+    patterns,
+    runs,
+    tenants,
+    threads,
+    usage,
+)
 from podium_gateway.routes.health import probe_lifespan
 
 DESCRIPTION = """Podium runs LLM agents for many tenants. Every route under /v1 needs
@@ -21,7 +30,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="Podium", version="1.0.0", description=DESCRIPTION, lifespan=probe_lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (tenants, threads, runs, learning, agents, patterns, health):
+    for module in (tenants, threads, runs, usage, learning, agents, patterns, health):
         app.include_router(module.router)
     # The last one added is the outermost: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import select
 
 from podium.runtime import Runtime
-from podium.store import ApiKey
+from podium.store import ApiKey, Tenant
 from podium_gateway.errors import ApiError
 
 KEY_PREFIX = "pdm_"
@@ -30,6 +30,8 @@ def hash_key(key: str) -> str:
 class Principal:
     tenant_id: str
     key_id: str
+    # The tenant's limit overrides, read with the key (one query per request).
+    limits: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -57,9 +59,9 @@ def require_tenant(request: Request, runtime: RuntimeDep) -> Principal:
     token = _bearer(request)
     with runtime.db.session() as session:
         row = session.execute(
-            select(ApiKey.id, ApiKey.tenant_id).where(
-                ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None)
-            )
+            select(ApiKey.id, ApiKey.tenant_id, Tenant.limits)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
         ).first()
     if row is None:
         raise ApiError(
@@ -68,7 +70,7 @@ def require_tenant(request: Request, runtime: RuntimeDep) -> Principal:
             "invalid or revoked API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return Principal(tenant_id=row.tenant_id, key_id=row.id)
+    return Principal(tenant_id=row.tenant_id, key_id=row.id, limits=dict(row.limits or {}))
 
 
 def require_admin(request: Request, runtime: RuntimeDep) -> None:

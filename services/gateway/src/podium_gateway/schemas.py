@@ -18,11 +18,65 @@ class TenantCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
 
 
+class TenantLimitsIn(Strict):
+    """Per-tenant overrides. Omit a field to leave it; null returns it to the deployment
+    default; 0 means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=0, le=10_000_000)
+    concurrent_runs: int | None = Field(default=None, ge=0, le=10_000_000)
+    concurrent_calls: int | None = Field(default=None, ge=0, le=10_000_000)
+    tokens_per_day: int | None = Field(default=None, ge=0, le=10**14)
+    cost_per_month_usd: float | None = Field(default=None, ge=0, le=10**8)
+
+
+class TenantPatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    limits: TenantLimitsIn | None = None
+
+
+class TenantLimits(BaseModel):
+    requests_per_minute: int
+    concurrent_runs: int
+    concurrent_calls: int
+    tokens_per_day: int
+    cost_per_month_usd: float
+
+
 class TenantOut(BaseModel):
     id: str
     name: str
     default_agent: str
     created_at: datetime
+    limits: TenantLimits | None = Field(
+        default=None, description="The limits in force: the tenant's overrides on the defaults."
+    )
+    limit_overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApiKeyInfo(BaseModel):
+    id: str
+    prefix: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class UsageMeter(BaseModel):
+    used: float
+    reserved: float = Field(0, description="Held by unfinished runs (their caps).")
+    limit: float = Field(description="0 means unlimited.")
+    remaining: float | None = Field(description="null when unlimited.")
+    resets_in_s: float | None = None
+
+
+class TenantUsage(BaseModel):
+    tenant_id: str
+    requests_per_minute: UsageMeter
+    concurrent_runs: UsageMeter
+    concurrent_calls: UsageMeter
+    tokens_per_day: UsageMeter
+    cost_per_month_usd: UsageMeter
+    queued_calls: int = Field(description="Agent calls waiting for a fair-dispatch slot.")
 
 
 class ApiKeyCreate(Strict):

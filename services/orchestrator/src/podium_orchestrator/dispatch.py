@@ -4,14 +4,26 @@ transaction), including sub-threads for work done in clean context."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from podium.messages import ExecuteAgentCall
-from podium.queues import agents_queue
+from podium.call_dispatch import submit_call
+from podium.quotas import effective_limits
 from podium.runtime import Runtime, Tx
-from podium.store import Agent, AgentCall, CallStatus, EventKind, Run, Thread
+from podium.store import (
+    TERMINAL_CALL_STATUSES,
+    Agent,
+    AgentCall,
+    CallStatus,
+    EventKind,
+    OrchestrationContext,
+    Run,
+    Tenant,
+    Thread,
+)
 from podium.store.threads import append_event
 from podium.tools_catalog import CONTROL_TOOLS
 from podium_orchestrator.decision import agent_parameters
@@ -32,6 +44,30 @@ class Dispatcher:
         self.session = tx.session
         self.run = run
         self.emit = emit
+        self._call_cap: int | None = None
+        self._share: dict[str, float] | None = None
+
+    def split_budget(self, calls: int) -> None:
+        """The next ``calls`` dispatches share what is left of the run's token and cost caps
+        (a parallel team dispatches several at once)."""
+        remaining = run_remaining(self.session, self.run)
+        self._share = {k: v / max(calls, 1) for k, v in remaining.items()}
+
+    def _call_budget(self) -> dict[str, float]:
+        if self._share is None:
+            self.split_budget(1)
+        assert self._share is not None
+        return self._share
+
+    def tenant_call_cap(self) -> int:
+        """The tenant's concurrent agent calls limit (0 = none), read once per step."""
+        if self._call_cap is None:
+            overrides = self.session.scalar(
+                select(Tenant.limits).where(Tenant.id == self.run.tenant_id)
+            )
+            limits = effective_limits(self.runtime.settings, overrides)
+            self._call_cap = limits.concurrent_calls
+        return self._call_cap
 
     def agent(self, name: str) -> Agent:
         agent = self.session.scalars(
@@ -57,6 +93,13 @@ class Dispatcher:
             params.update(view.parameters)  # the decision's parameters tune the lead agent
         params.update(action.parameters)
         params["instructions"] = agent.instructions
+        # What this call may spend: the worker stops short of it, so the run never goes
+        # over its caps, nor the tenant over what the run reserved (podium.quotas).
+        budget = self._call_budget()
+        if "tokens" in budget:
+            params["budget_tokens"] = int(budget["tokens"])
+        if "cost_usd" in budget:
+            params["budget_cost_usd"] = budget["cost_usd"]
         own_control = [t for t in agent.tools if t in CONTROL_TOOLS]
         params["control_tools"] = sorted({*action.control_tools, *own_control})
         params["tools"] = [t for t in params.get("tools", []) if t not in CONTROL_TOOLS]
@@ -88,8 +131,17 @@ class Dispatcher:
         self.session.add(call)
         self.session.flush()
         run.step = f"{action.role}:{agent.name}"
-        self.tx.send(
-            ExecuteAgentCall(call_id=call.id, run_id=run.id), queue=agents_queue(agent.pool)
+        # Not sent straight to the pool: the fair dispatcher releases it in its tenant's turn.
+        self.tx.after_commit.append(
+            partial(
+                submit_call,
+                self.runtime,
+                agent.pool,
+                run.tenant_id,
+                call.id,
+                run.id,
+                self.tenant_call_cap(),
+            )
         )
         self.emit(
             "agent_call.queued",
@@ -131,3 +183,35 @@ class Dispatcher:
             data={"sub_thread_id": sub.id},
         )
         return sub.id, first.seq
+
+
+def run_remaining(session: Session, run: Run) -> dict[str, float]:
+    """What is left of the run's caps: minus what finished calls and the Orchestrator spent,
+    and minus the budgets still held by calls in flight."""
+    limits = run.limits or {}
+    rows = session.execute(
+        select(
+            AgentCall.status,
+            AgentCall.input_tokens,
+            AgentCall.output_tokens,
+            AgentCall.cost_usd,
+            AgentCall.params,
+        ).where(AgentCall.run_id == run.id)
+    ).all()
+    context_tokens = session.scalar(
+        select(OrchestrationContext.tokens_used).where(OrchestrationContext.run_id == run.id)
+    )
+    tokens, cost = float(context_tokens or 0), 0.0
+    for status, tin, tout, usd, params in rows:
+        if status in TERMINAL_CALL_STATUSES:
+            tokens += tin + tout
+            cost += usd
+        else:
+            tokens += float((params or {}).get("budget_tokens", 0))
+            cost += float((params or {}).get("budget_cost_usd", 0.0))
+    out: dict[str, float] = {}
+    if limits.get("tokens") is not None:
+        out["tokens"] = max(0.0, float(limits["tokens"]) - tokens)
+    if limits.get("cost_usd") is not None:
+        out["cost_usd"] = max(0.0, float(limits["cost_usd"]) - cost)
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -289,6 +290,8 @@ class Step:
                 self.result.emit("run.budget_hold", guard=hit[0], detail=hit[1], limits=run.limits)
                 return
         plan = self._plan_decision(context)
+        if dispatches:
+            dispatcher.split_budget(len(dispatches))
         for action in actions:
             if isinstance(action, Dispatch):
                 try:
@@ -467,6 +470,17 @@ class Step:
             "orchestrator_tokens": context.tokens_used,
             "cost_usd": round(usage["cost_usd"], 6),
         }
+        # The run's reservation on the tenant's budgets becomes its real usage, once the
+        # end is committed (the reaper settles it if this process dies first).
+        self.tx.after_commit.append(
+            partial(
+                self.runtime.quotas.settle,
+                run.tenant_id,
+                run.id,
+                int(usage["tokens"]),
+                usage["cost_usd"],
+            )
+        )
         context.outcome = {
             "status": status.value,
             "error": error,

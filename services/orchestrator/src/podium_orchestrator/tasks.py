@@ -8,21 +8,27 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import exists, func, select, update
 
+from podium.call_dispatch import call_item, complete_call, parse_item, submit_call
 from podium.consumers import register_consumer
 from podium.events import call_lost_error
 from podium.messages import AdvanceRun, ExecuteAgentCall, Message, RunCompleted
 from podium.queues import Queue, TaskName, agents_queue
+from podium.quotas import effective_limits
 from podium.runtime import Runtime
 from podium.store import (
+    TERMINAL_CALL_STATUSES,
     TERMINAL_RUN_STATUSES,
+    Agent,
     AgentCall,
     CallStatus,
     PostMortem,
     Run,
     RunStatus,
+    Tenant,
     Thread,
     utcnow,
 )
@@ -95,11 +101,14 @@ def outbox_sweep_loop(runtime: Runtime, stop: threading.Event) -> None:
 # --- the reaper -------------------------------------------------------------------------------
 
 ACTIVE_CALL_STATUSES = (CallStatus.PENDING.value, CallStatus.RUNNING.value)
+TERMINAL_CALL_VALUES = frozenset(s.value for s in TERMINAL_CALL_STATUSES)
 # Finished runs older than this are not checked for a lost learner notification.
 POSTMORTEM_WINDOW = timedelta(hours=1)
 # A lost learner notification is re-sent at most this many times.
 POSTMORTEM_RESENDS = 3
 REAPER_BATCH = 500
+# A reservation whose run is not in the store this long after admission was never written.
+RESERVATION_GRACE_S = 120.0
 
 
 class Reaper:
@@ -165,6 +174,8 @@ class Reaper:
         self._pending_calls(now, done)
         self._lost_calls(now, done)
         self._lost_postmortems(now, done)
+        self._unsettled_reservations(done)
+        self._stale_slots(done)
         if done:
             log.warning("reaper: %s", ", ".join(f"{k}={v}" for k, v in sorted(done.items())))
             self.totals.update(done)
@@ -230,7 +241,7 @@ class Reaper:
         cutoff = utcnow() - timedelta(seconds=self.settings.reaper_stall_s)
         with self.runtime.db.session() as session:
             rows = session.execute(
-                select(AgentCall.id, AgentCall.run_id, AgentCall.pool)
+                select(AgentCall.id, AgentCall.run_id, AgentCall.pool, AgentCall.tenant_id)
                 .join(Run, Run.id == AgentCall.run_id)
                 .where(
                     AgentCall.status == CallStatus.PENDING.value,
@@ -240,12 +251,98 @@ class Reaper:
                 .order_by(AgentCall.created_at)
                 .limit(REAPER_BATCH)
             ).all()
-        for call_id, run_id, pool in rows:
-            key = f"call:{call_id}"
-            if self._due(key, now):
-                self._send(ExecuteAgentCall(call_id=call_id, run_id=run_id), agents_queue(pool))
+        by_pool: dict[str, list[tuple[str, str, str]]] = {}
+        for call_id, run_id, pool, tenant_id in rows:
+            by_pool.setdefault(pool, []).append((call_id, run_id, tenant_id))
+        wall = time.time()
+        caps: dict[str, int] = {}
+        for pool, calls in by_pool.items():
+            states = self.runtime.fair.state(pool, [call_item(c, r) for c, r, _ in calls])
+            for call_id, run_id, tenant_id in calls:
+                item = call_item(call_id, run_id)
+                state = states.get(item, "unknown")
+                if state == "queued":
+                    continue  # waiting for its tenant's turn: slow, not lost
+                if state == "inflight":
+                    picked = self.runtime.fair.inflight_since(pool, item)
+                    if picked is not None and wall - picked < self.settings.reaper_stall_s:
+                        continue  # released just now after a long wait
+                key = f"call:{call_id}"
+                if not self._due(key, now):
+                    continue
                 self._mark(key, now)
-                done["pending_calls_resent"] += 1
+                if state == "unknown":
+                    # Never reached the dispatcher (killed after the commit, Redis lost it).
+                    if tenant_id not in caps:
+                        caps[tenant_id] = self._call_cap(tenant_id)
+                    submit_call(self.runtime, pool, tenant_id, call_id, run_id, caps[tenant_id])
+                    done["pending_calls_resubmitted"] += 1
+                else:
+                    # Released to the pool, but its message was lost.
+                    message = ExecuteAgentCall(call_id=call_id, run_id=run_id)
+                    self._send(message, agents_queue(pool))
+                    done["pending_calls_resent"] += 1
+
+    def _stale_slots(self, done: Counter[str]) -> None:
+        """Fair-dispatch slots held by calls that ended without giving them back (their
+        worker died after the commit): freed, so the tenant's cap and the window recover."""
+        with self.runtime.db.session() as session:
+            pools = set(session.scalars(select(Agent.pool).distinct()).all())
+        pools.add(self.settings.agents_pool)
+        wall = time.time()
+        for pool in sorted(pools):
+            held = self.runtime.fair.inflight_items(pool)
+            old = [i for i, at in held.items() if wall - at > self.settings.reaper_stall_s]
+            if not old:
+                continue
+            calls = {parse_item(i)[0]: i for i in old}
+            with self.runtime.db.session() as session:
+                status = dict(
+                    session.execute(
+                        select(AgentCall.id, AgentCall.status).where(AgentCall.id.in_(list(calls)))
+                    ).all()
+                )
+            for call_id, item in calls.items():
+                if status.get(call_id, CallStatus.CANCELLED.value) in TERMINAL_CALL_VALUES:
+                    complete_call(self.runtime, pool, call_id, parse_item(item)[1])
+                    done["fair_slots_freed"] += 1
+
+    def _call_cap(self, tenant_id: str) -> int:
+        with self.runtime.db.session() as session:
+            overrides = session.scalar(select(Tenant.limits).where(Tenant.id == tenant_id))
+        return effective_limits(self.settings, overrides).concurrent_calls
+
+    def _unsettled_reservations(self, done: Counter[str]) -> None:
+        """Reservations on tenant budgets whose run ended (the settle after its commit was
+        lost) are settled; those of runs that were never written are released."""
+        held = self.runtime.quotas.reservations()
+        if not held:
+            return
+        found: dict[str, tuple[str, dict[str, Any] | None, float]] = {}
+        with self.runtime.db.session() as session:
+            ids = [r.run_id for r in held]
+            for start in range(0, len(ids), REAPER_BATCH):
+                for run_id, status, usage, cost in session.execute(
+                    select(Run.id, Run.status, Run.usage, Run.cost_usd).where(
+                        Run.id.in_(ids[start : start + REAPER_BATCH])
+                    )
+                ):
+                    found[run_id] = (status, usage, cost)
+        wall = time.time()
+        for r in held:
+            row = found.get(r.run_id)
+            if row is None:
+                if wall - r.since > RESERVATION_GRACE_S:
+                    self.runtime.quotas.settle(r.tenant_id, r.run_id, 0, 0.0)
+                    done["reservations_released"] += 1
+            elif row[0] in TERMINAL_RUN_STATUSES:
+                usage = row[1] or {}
+                tokens = sum(
+                    int(usage.get(k, 0))
+                    for k in ("input_tokens", "output_tokens", "orchestrator_tokens")
+                )
+                if self.runtime.quotas.settle(r.tenant_id, r.run_id, tokens, float(row[2])):
+                    done["reservations_settled"] += 1
 
     def _lost_calls(self, now: float, done: Counter[str]) -> None:
         grace = timedelta(seconds=self.settings.call_lease_s)

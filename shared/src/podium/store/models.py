@@ -114,6 +114,9 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     default_agent: Mapped[str] = mapped_column(String(100), default="assistant")
+    # Per-tenant overrides of the deployment's default limits (podium.quotas.LIMIT_FIELDS);
+    # a missing key means "the default".
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

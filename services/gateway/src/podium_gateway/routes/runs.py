@@ -32,10 +32,12 @@ from podium.store import (
     Run,
     RunStatus,
     Thread,
+    new_id,
     tenant_session,
     utcnow,
 )
 from podium.store.threads import append_event
+from podium_gateway.admission import extend_run, release_run, reserve_run
 from podium_gateway.auth import Principal, RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS, ApiError, error_responses, not_found
 from podium_gateway.routes.health import Available
@@ -80,7 +82,7 @@ def _existing_for_key(
     "/v1/threads/{thread_id}/runs",
     status_code=202,
     response_model=RunAccepted,
-    responses=error_responses(409),
+    responses=error_responses(409, 429),
 )
 def create_run(
     _available: Available,
@@ -122,6 +124,32 @@ def _admit(
     idempotency_key: str | None,
     request_hash: str,
 ) -> RunAccepted:
+    run_id = new_id()
+    reserved = False
+    try:
+        accepted = _admit_tx(
+            runtime, principal, thread_id, body, idempotency_key, request_hash, run_id
+        )
+        reserved = accepted.id == run_id
+    except BaseException:
+        # Nothing was written: give back the quota this attempt may have taken.
+        release_run(runtime, principal, run_id)
+        raise
+    if reserved:
+        TENANT_RUNS.labels(tenant_label(principal.tenant_id)).inc()
+        _publish(runtime, run_id, "run.queued", {"run_id": run_id, "thread_id": thread_id})
+    return accepted
+
+
+def _admit_tx(
+    runtime: Runtime,
+    principal: Principal,
+    thread_id: str,
+    body: RunCreate,
+    idempotency_key: str | None,
+    request_hash: str,
+    run_id: str,
+) -> RunAccepted:
     settings = runtime.settings
     with runtime.transaction(principal.tenant_id) as tx:
         session = tx.session
@@ -151,7 +179,17 @@ def _admit(
             role="user",
             content=body.input,
         )
+        # The run reserves its own token and cost caps from the tenant's budgets (or what
+        # is left, if less): its caps are then what it may spend, so bursts cannot overshoot.
+        admission = reserve_run(
+            runtime,
+            principal,
+            run_id,
+            int(_capped(body.max_tokens, settings.run_max_tokens)),
+            _capped(body.max_cost_usd, settings.run_max_cost_usd),
+        )
         run = Run(
+            id=run_id,
             tenant_id=principal.tenant_id,
             thread_id=thread_id,
             status=RunStatus.QUEUED,
@@ -165,8 +203,8 @@ def _admit(
             deadline_at=utcnow()
             + timedelta(seconds=_capped(body.deadline_s, settings.run_deadline_s)),
             limits={
-                "tokens": int(_capped(body.max_tokens, settings.run_max_tokens)),
-                "cost_usd": _capped(body.max_cost_usd, settings.run_max_cost_usd),
+                "tokens": admission.tokens,
+                "cost_usd": admission.cost_usd,
                 "iterations": int(_capped(body.max_iterations, settings.run_max_iterations)),
             },
         )
@@ -178,10 +216,7 @@ def _admit(
             active.cancel_requested = True
             tx.send(AdvanceRun(run_id=active.id, reason="run.cancel"))
         tx.send(AdvanceRun(run_id=run.id, reason="run.created"))
-        accepted = RunAccepted(id=run.id, status=run.status, thread_id=thread_id)
-    TENANT_RUNS.labels(tenant_label(principal.tenant_id)).inc()
-    _publish(runtime, accepted.id, "run.queued", {"run_id": accepted.id, "thread_id": thread_id})
-    return accepted
+        return RunAccepted(id=run.id, status=run.status, thread_id=thread_id)
 
 
 def _capped(requested: float | None, deployment_max: float) -> float:
@@ -296,7 +331,7 @@ def cancel_run(
     "/v1/runs/{run_id}/resume",
     status_code=202,
     response_model=RunAccepted,
-    responses=error_responses(409),
+    responses=error_responses(409, 429),
 )
 def resume_run(
     _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
@@ -315,6 +350,14 @@ def resume_run(
                     run_status=run.status,
                 )
             limits = dict(run.limits or {})
+            # The doubled caps are reserved from the tenant's budgets first (429 if not).
+            extend_run(
+                runtime,
+                principal,
+                run.id,
+                int(limits.get("tokens") or 0),
+                float(limits.get("cost_usd") or 0.0),
+            )
             for key in ("tokens", "cost_usd", "iterations"):
                 if limits.get(key) is not None:
                     limits[key] = limits[key] * 2

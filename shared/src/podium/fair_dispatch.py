@@ -1,0 +1,551 @@
+"""Fair dispatch of agent calls across tenants.
+
+Per agent pool, items ("call_id:run_id", opaque here) are queued per tenant and released
+for dispatch under two limits: a global window (the summed capacity of the pool's live
+workers, ``default_window`` while none has registered) and a per-tenant in-flight cap.
+Across tenants the order is deficit round robin: a visit gives the tenant ``weight``
+credits, each item costs one, so equal weights mean one item per tenant per turn. The ring
+position and any unspent credit persist between calls, so no tenant gains from call order.
+
+Every operation that frees or adds work also picks, and returns the items the caller must
+dispatch now; nothing else ever dispatches, so an item is handed out exactly once.
+
+Two interchangeable backends: Redis (Lua scripts, atomic across the orchestrator and worker
+processes, on the Redis server's clock) and memory (a lock; the embedded mode).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+
+from podium.settings import Settings
+
+# Most items plus fruitless tenant visits in one pick, so one script never holds Redis for
+# long; the next pick resumes where this one stopped.
+PICK_LIMIT = 1000
+
+
+class FairDispatcher(Protocol):
+    """Fair scheduler of one deployment's agent calls; every pool is independent."""
+
+    def submit(
+        self, pool: str, tenant_id: str, item: str, *, tenant_cap: int, weight: int = 1
+    ) -> list[str]:
+        """Queue ``item`` (a no-op if already queued or in flight), store the tenant's cap
+        (0 = none) and weight, then pick. Returns the items to dispatch now, in order."""
+        ...
+
+    def complete(self, pool: str, item: str) -> list[str]:
+        """The item finished or was cancelled: free its slot or drop it from its queue
+        (idempotent), then pick. Returns the items to dispatch now."""
+        ...
+
+    def pick(self, pool: str) -> list[str]:
+        """Release what the window and caps allow now (after a capacity or cap change)."""
+        ...
+
+    def state(self, pool: str, items: list[str]) -> dict[str, str]:
+        """``"queued"``, ``"inflight"`` or ``"unknown"`` for each item."""
+        ...
+
+    def inflight_since(self, pool: str, item: str) -> float | None:
+        """When the item was picked (epoch seconds, server clock), None if not in flight."""
+        ...
+
+    def inflight_items(self, pool: str) -> dict[str, float]:
+        """Every item in flight and when it was picked (for the reaper: slots of calls that
+        ended without completing them are freed)."""
+        ...
+
+    def register_worker(self, pool: str, worker_id: str, capacity: int, ttl_s: float) -> list[str]:
+        """Announce ``capacity`` slots for ``ttl_s`` seconds (``ttl_s <= 0`` withdraws them),
+        then pick. Returns the items to dispatch now."""
+        ...
+
+    def snapshot(self, pool: str) -> dict[str, Any]:
+        """``{"window": n, "inflight": n, "tenants": {tenant: {"queued": n, "inflight": n,
+        "cap": n, "weight": n}}}`` for tenants with anything queued or in flight."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _check(tenant_cap: int, weight: int) -> None:
+    if tenant_cap < 0:
+        raise ValueError(f"tenant_cap must be >= 0, got {tenant_cap}")
+    if weight < 1:
+        raise ValueError(f"weight must be >= 1, got {weight}")
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+# Shared by every script. ARGV[1] is the pool's key base, ARGV[2] the default window. Keys are
+# built here from tenant ids, so this needs one Redis (not a cluster).
+_LIB = """
+local B = ARGV[1]
+local DEFAULT_WINDOW = tonumber(ARGV[2])
+local LIMIT = tonumber(ARGV[3])
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Summed capacity of live workers; expired ones are dropped on the way.
+local function window()
+  local now = now_ms()
+  local w = redis.call('HGETALL', B .. 'workers')
+  local sum, alive = 0, false
+  for i = 1, #w, 2 do
+    local cap, exp = string.match(w[i + 1], '^(%d+)|(%d+)$')
+    if cap and tonumber(exp) > now then
+      sum = sum + tonumber(cap)
+      alive = true
+    else
+      redis.call('HDEL', B .. 'workers', w[i])
+    end
+  end
+  if alive then return sum end
+  return DEFAULT_WINDOW
+end
+
+local function conf(tenant)
+  local c = redis.call('HGET', B .. 'conf', tenant)
+  if not c then return 0, 1 end
+  local cap, weight = string.match(c, '^(%d+)|(%d+)$')
+  return tonumber(cap), tonumber(weight)
+end
+
+-- A tenant with nothing queued or in flight is forgotten, so keys stay bounded.
+local function forget_if_idle(tenant)
+  if redis.call('LLEN', B .. 'q:' .. tenant) > 0 then return end
+  if redis.call('HEXISTS', B .. 'tin', tenant) == 0 then redis.call('HDEL', B .. 'conf', tenant) end
+end
+
+local function pick()
+  local out = {}
+  local win = window()
+  local inflight = redis.call('HLEN', B .. 'inflight')
+  local t = redis.call('TIME')
+  local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  local idle, steps = 0, 0
+  while inflight < win and steps < LIMIT do
+    local n = redis.call('LLEN', B .. 'ring')
+    -- a whole rotation without progress: everyone left is at their cap
+    if n == 0 or idle >= n then break end
+    local tenant = redis.call('LINDEX', B .. 'ring', 0)
+    local q = B .. 'q:' .. tenant
+    local cap, weight = conf(tenant)
+    local tin = tonumber(redis.call('HGET', B .. 'tin', tenant) or '0')
+    local deficit = tonumber(redis.call('HGET', B .. 'deficit', tenant) or '0')
+    -- no credit left means a new visit; credit left means the window cut the last one short
+    if deficit == 0 then deficit = weight end
+    local sent = 0
+    while deficit > 0 and inflight < win and steps < LIMIT and (cap == 0 or tin < cap) do
+      local item = redis.call('LPOP', q)
+      if not item then break end
+      redis.call('HDEL', B .. 'member', item)
+      redis.call('HSET', B .. 'inflight', item, tenant .. '|' .. stamp)
+      out[#out + 1] = item
+      tin, inflight, deficit, sent, steps = tin + 1, inflight + 1, deficit - 1, sent + 1, steps + 1
+    end
+    if sent > 0 then
+      redis.call('HSET', B .. 'tin', tenant, tin)
+      idle = 0
+    else
+      steps = steps + 1
+    end
+    if redis.call('LLEN', q) == 0 then
+      -- empty queue: leave the ring with the credit (the ring shrank, so not idle)
+      redis.call('LPOP', B .. 'ring')
+      redis.call('HDEL', B .. 'deficit', tenant)
+    elseif deficit > 0 and (cap == 0 or tin < cap) then
+      -- stopped by the window or the step limit: the visit resumes next pick
+      redis.call('HSET', B .. 'deficit', tenant, deficit)
+    else
+      -- credit spent or at the cap (a capped tenant accrues nothing): next tenant's turn
+      redis.call('HDEL', B .. 'deficit', tenant)
+      redis.call('LMOVE', B .. 'ring', B .. 'ring', 'LEFT', 'RIGHT')
+      if sent == 0 then idle = idle + 1 end
+    end
+  end
+  return out
+end
+"""
+
+# ARGV[4..7]: tenant, item, cap, weight.
+_SUBMIT = (
+    _LIB
+    + """
+local tenant, item = ARGV[4], ARGV[5]
+redis.call('HSET', B .. 'conf', tenant, ARGV[6] .. '|' .. ARGV[7])
+local known = redis.call('HEXISTS', B .. 'inflight', item)
+known = known + redis.call('HEXISTS', B .. 'member', item)
+if known == 0 then
+  redis.call('HSET', B .. 'member', item, tenant)
+  -- the queue was empty, so the tenant was not in the ring: join at the tail
+  if redis.call('RPUSH', B .. 'q:' .. tenant, item) == 1 then
+    redis.call('RPUSH', B .. 'ring', tenant)
+  end
+end
+return pick()
+"""
+)
+
+# ARGV[4]: item.
+_COMPLETE = (
+    _LIB
+    + """
+local item = ARGV[4]
+local v = redis.call('HGET', B .. 'inflight', item)
+if v then
+  local tenant = string.match(v, '^(.*)|[^|]*$')
+  redis.call('HDEL', B .. 'inflight', item)
+  if redis.call('HINCRBY', B .. 'tin', tenant, -1) <= 0 then
+    redis.call('HDEL', B .. 'tin', tenant)
+    forget_if_idle(tenant)
+  end
+else
+  local tenant = redis.call('HGET', B .. 'member', item)
+  if tenant then
+    redis.call('HDEL', B .. 'member', item)
+    redis.call('LREM', B .. 'q:' .. tenant, 1, item)
+    if redis.call('LLEN', B .. 'q:' .. tenant) == 0 then
+      redis.call('LREM', B .. 'ring', 1, tenant)
+      redis.call('HDEL', B .. 'deficit', tenant)
+      forget_if_idle(tenant)
+    end
+  end
+end
+return pick()
+"""
+)
+
+_PICK = _LIB + "\nreturn pick()\n"
+
+# ARGV[4..6]: worker id, capacity, ttl in ms (<= 0 withdraws the worker).
+_REGISTER = (
+    _LIB
+    + """
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then
+  redis.call('HSET', B .. 'workers', ARGV[4], ARGV[5] .. '|' .. (now_ms() + ttl))
+else
+  redis.call('HDEL', B .. 'workers', ARGV[4])
+end
+return pick()
+"""
+)
+
+# Flat reply: window, inflight, then tenant, queued, inflight, cap, weight per tenant.
+_SNAPSHOT = (
+    _LIB
+    + """
+local out = {window(), redis.call('HLEN', B .. 'inflight')}
+local seen = {}
+local tenants = redis.call('LRANGE', B .. 'ring', 0, -1)
+local tin = redis.call('HKEYS', B .. 'tin')
+for i = 1, #tin do tenants[#tenants + 1] = tin[i] end
+for _, tenant in ipairs(tenants) do
+  if not seen[tenant] then
+    seen[tenant] = true
+    local cap, weight = conf(tenant)
+    out[#out + 1] = tenant
+    out[#out + 1] = redis.call('LLEN', B .. 'q:' .. tenant)
+    out[#out + 1] = tonumber(redis.call('HGET', B .. 'tin', tenant) or '0')
+    out[#out + 1] = cap
+    out[#out + 1] = weight
+  end
+end
+return out
+"""
+)
+
+
+class RedisFairDispatcher:
+    """Shared state in Redis; every change is one Lua script, atomic across processes."""
+
+    def __init__(
+        self, url: str, prefix: str = "", default_window: int = 256, *, max_connections: int = 64
+    ) -> None:
+        self._prefix = prefix
+        self._default_window = default_window
+        # A blocking pool waits for a free connection instead of failing at the cap.
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            # Connection options live on the pool: Redis(decode_responses=...) would be ignored.
+            decode_responses=True,
+        )
+        self._r = redis.Redis(connection_pool=self._pool)
+        self._submit = self._r.register_script(_SUBMIT)
+        self._complete = self._r.register_script(_COMPLETE)
+        self._pick = self._r.register_script(_PICK)
+        self._register = self._r.register_script(_REGISTER)
+        self._snapshot = self._r.register_script(_SNAPSHOT)
+
+    def key(self, pool: str) -> str:
+        """Base of every key of ``pool``."""
+        return f"{self._prefix}podium:fair:{pool}:"
+
+    def _run(self, script: Any, pool: str, *args: object) -> Any:
+        return script(args=[self.key(pool), self._default_window, PICK_LIMIT, *args])
+
+    def submit(
+        self, pool: str, tenant_id: str, item: str, *, tenant_cap: int, weight: int = 1
+    ) -> list[str]:
+        _check(tenant_cap, weight)
+        return list(self._run(self._submit, pool, tenant_id, item, tenant_cap, weight))
+
+    def complete(self, pool: str, item: str) -> list[str]:
+        return list(self._run(self._complete, pool, item))
+
+    def pick(self, pool: str) -> list[str]:
+        return list(self._run(self._pick, pool))
+
+    def state(self, pool: str, items: list[str]) -> dict[str, str]:
+        base = self.key(pool)
+        # One transaction: an item picked between two reads would look "unknown".
+        with self._r.pipeline(transaction=True) as pipe:
+            for item in items:
+                pipe.hexists(f"{base}inflight", item)
+                pipe.hexists(f"{base}member", item)
+            flags = pipe.execute()
+        result: dict[str, str] = {}
+        for i, item in enumerate(items):
+            inflight, queued = flags[2 * i], flags[2 * i + 1]
+            result[item] = "inflight" if inflight else "queued" if queued else "unknown"
+        return result
+
+    def inflight_since(self, pool: str, item: str) -> float | None:
+        value = self._r.hget(f"{self.key(pool)}inflight", item)
+        if value is None:
+            return None
+        return float(str(value).rpartition("|")[2])
+
+    def inflight_items(self, pool: str) -> dict[str, float]:
+        raw = self._r.hgetall(f"{self.key(pool)}inflight")
+        return {_text(item): float(_text(value).rpartition("|")[2]) for item, value in raw.items()}
+
+    def register_worker(self, pool: str, worker_id: str, capacity: int, ttl_s: float) -> list[str]:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        ttl_ms = int(ttl_s * 1000)
+        return list(self._run(self._register, pool, worker_id, capacity, ttl_ms))
+
+    def snapshot(self, pool: str) -> dict[str, Any]:
+        flat = self._run(self._snapshot, pool)
+        tenants: dict[str, dict[str, int]] = {}
+        for i in range(2, len(flat), 5):
+            queued, inflight, cap, weight = (int(v) for v in flat[i + 1 : i + 5])
+            tenants[str(flat[i])] = {
+                "queued": queued,
+                "inflight": inflight,
+                "cap": cap,
+                "weight": weight,
+            }
+        return {"window": int(flat[0]), "inflight": int(flat[1]), "tenants": tenants}
+
+    def close(self) -> None:
+        self._r.close()
+        self._pool.disconnect()
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+@dataclass
+class _PoolState:
+    ring: deque[str] = field(default_factory=deque)  # tenants with queued items; head's turn
+    queues: dict[str, deque[str]] = field(default_factory=dict)
+    member: dict[str, str] = field(default_factory=dict)  # queued item -> tenant
+    inflight: dict[str, tuple[str, float]] = field(default_factory=dict)  # item -> tenant, at
+    tin: dict[str, int] = field(default_factory=dict)  # tenant -> items in flight
+    conf: dict[str, tuple[int, int]] = field(default_factory=dict)  # tenant -> cap, weight
+    deficit: dict[str, int] = field(default_factory=dict)
+    workers: dict[str, tuple[int, float]] = field(default_factory=dict)  # capacity, expires
+
+
+class MemoryFairDispatcher:
+    """The same algorithm as the Redis scripts, under one lock (single-process mode)."""
+
+    def __init__(self, default_window: int = 256) -> None:
+        self._default_window = default_window
+        self._lock = threading.Lock()
+        self._pools: dict[str, _PoolState] = {}
+
+    def _pool(self, pool: str) -> _PoolState:
+        return self._pools.setdefault(pool, _PoolState())
+
+    def _window(self, p: _PoolState) -> int:
+        now = time.monotonic()
+        for worker, (_, expires) in list(p.workers.items()):
+            if expires <= now:
+                del p.workers[worker]
+        if not p.workers:
+            return self._default_window
+        return sum(capacity for capacity, _ in p.workers.values())
+
+    def _forget_if_idle(self, p: _PoolState, tenant: str) -> None:
+        if not p.queues.get(tenant) and tenant not in p.tin:
+            p.queues.pop(tenant, None)
+            p.conf.pop(tenant, None)
+
+    def _pick(self, p: _PoolState) -> list[str]:
+        out: list[str] = []
+        win = self._window(p)
+        stamp = time.time()
+        idle = steps = 0
+        while len(p.inflight) < win and steps < PICK_LIMIT:
+            # a whole rotation without progress: everyone left is at their cap
+            if not p.ring or idle >= len(p.ring):
+                break
+            tenant = p.ring[0]
+            queue = p.queues[tenant]
+            cap, weight = p.conf.get(tenant, (0, 1))
+            tin = p.tin.get(tenant, 0)
+            # no credit left means a new visit; credit left means the window cut it short
+            deficit = p.deficit.get(tenant, 0) or weight
+            sent = 0
+            while (
+                deficit > 0
+                and queue
+                and len(p.inflight) < win
+                and steps < PICK_LIMIT
+                and (cap == 0 or tin < cap)
+            ):
+                item = queue.popleft()
+                del p.member[item]
+                p.inflight[item] = (tenant, stamp)
+                out.append(item)
+                tin, deficit, sent, steps = tin + 1, deficit - 1, sent + 1, steps + 1
+            if sent:
+                p.tin[tenant] = tin
+                idle = 0
+            else:
+                steps += 1
+            if not queue:
+                # empty queue: leave the ring with the credit (the ring shrank, so not idle)
+                p.ring.popleft()
+                del p.queues[tenant]
+                p.deficit.pop(tenant, None)
+            elif deficit > 0 and (cap == 0 or tin < cap):
+                # stopped by the window or the step limit: the visit resumes next pick
+                p.deficit[tenant] = deficit
+            else:
+                # credit spent or at the cap (a capped tenant accrues nothing): next turn
+                p.deficit.pop(tenant, None)
+                p.ring.rotate(-1)
+                if not sent:
+                    idle += 1
+        return out
+
+    def submit(
+        self, pool: str, tenant_id: str, item: str, *, tenant_cap: int, weight: int = 1
+    ) -> list[str]:
+        _check(tenant_cap, weight)
+        with self._lock:
+            p = self._pool(pool)
+            p.conf[tenant_id] = (tenant_cap, weight)
+            if item not in p.inflight and item not in p.member:
+                p.member[item] = tenant_id
+                queue = p.queues.setdefault(tenant_id, deque())
+                if not queue:
+                    p.ring.append(tenant_id)
+                queue.append(item)
+            return self._pick(p)
+
+    def complete(self, pool: str, item: str) -> list[str]:
+        with self._lock:
+            p = self._pool(pool)
+            if item in p.inflight:
+                tenant, _ = p.inflight.pop(item)
+                p.tin[tenant] -= 1
+                if p.tin[tenant] <= 0:
+                    del p.tin[tenant]
+                    self._forget_if_idle(p, tenant)
+            elif item in p.member:
+                tenant = p.member.pop(item)
+                queue = p.queues[tenant]
+                queue.remove(item)
+                if not queue:
+                    p.ring.remove(tenant)
+                    p.deficit.pop(tenant, None)
+                    self._forget_if_idle(p, tenant)
+            return self._pick(p)
+
+    def pick(self, pool: str) -> list[str]:
+        with self._lock:
+            return self._pick(self._pool(pool))
+
+    def state(self, pool: str, items: list[str]) -> dict[str, str]:
+        with self._lock:
+            p = self._pool(pool)
+            return {
+                item: "inflight"
+                if item in p.inflight
+                else "queued"
+                if item in p.member
+                else "unknown"
+                for item in items
+            }
+
+    def inflight_since(self, pool: str, item: str) -> float | None:
+        with self._lock:
+            entry = self._pool(pool).inflight.get(item)
+            return entry[1] if entry else None
+
+    def inflight_items(self, pool: str) -> dict[str, float]:
+        with self._lock:
+            return {item: at for item, (_, at) in self._pool(pool).inflight.items()}
+
+    def register_worker(self, pool: str, worker_id: str, capacity: int, ttl_s: float) -> list[str]:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        with self._lock:
+            p = self._pool(pool)
+            if ttl_s > 0:
+                p.workers[worker_id] = (capacity, time.monotonic() + ttl_s)
+            else:
+                p.workers.pop(worker_id, None)
+            return self._pick(p)
+
+    def snapshot(self, pool: str) -> dict[str, Any]:
+        with self._lock:
+            p = self._pool(pool)
+            tenants: dict[str, dict[str, int]] = {}
+            for tenant in [*p.ring, *p.tin]:
+                cap, weight = p.conf.get(tenant, (0, 1))
+                tenants[tenant] = {
+                    "queued": len(p.queues.get(tenant, ())),
+                    "inflight": p.tin.get(tenant, 0),
+                    "cap": cap,
+                    "weight": weight,
+                }
+            return {"window": self._window(p), "inflight": len(p.inflight), "tenants": tenants}
+
+    def close(self) -> None:
+        pass
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def make_fair_dispatcher(settings: Settings) -> FairDispatcher:
+    """Redis when ``redis_url`` names a Redis; memory for ``memory://`` or the embedded mode
+    (which keeps the default ``redis_url`` but has no Redis)."""
+    window = int(getattr(settings, "dispatch_window", 256))
+    url = settings.redis_url
+    if settings.mode == "embedded" or not url or url.startswith("memory"):
+        return MemoryFairDispatcher(window)
+    return RedisFairDispatcher(url, settings.redis_key_prefix, window)
