@@ -7,6 +7,8 @@ Delivery is therefore at-least-once; consumers deduplicate by message id.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -33,10 +35,20 @@ def stage(session: Session, message: Message, queue: str) -> OutboxMessage:
     return row
 
 
+MARK_EVERY_S = 0.1
+
+
 class OutboxRelay:
     def __init__(self, db: Database, celery: Celery) -> None:
         self.db = db
         self.celery = celery
+        # Published ids are marked in batches by one thread: one UPDATE per 100 ms instead
+        # of a transaction per commit. A mark lost in a crash only means the sweep sends
+        # the message again, which every consumer deduplicates.
+        self._to_mark: list[str] = []
+        self._mark_lock = threading.Lock()
+        self._marker_pid: int | None = None
+        self._wake = threading.Event()
 
     def _send(self, task: str, queue: str, payload: dict[str, Any]) -> None:
         self.celery.send_task(task, args=[payload], queue=queue, task_id=payload.get("id"))
@@ -52,8 +64,33 @@ class OutboxRelay:
                 break
             sent.append(row.id)
         if sent:
-            self._mark_published(sent)
+            with self._mark_lock:
+                self._to_mark.extend(sent)
+            self._ensure_marker()
         return len(sent)
+
+    def _ensure_marker(self) -> None:
+        if self._marker_pid == os.getpid():  # one thread per process (prefork children too)
+            return
+        self._marker_pid = os.getpid()
+        threading.Thread(target=self._mark_loop, name="podium-outbox-marker", daemon=True).start()
+
+    def _mark_loop(self) -> None:
+        while True:
+            self._wake.wait(MARK_EVERY_S)
+            self._wake.clear()
+            self.flush_marks()
+
+    def flush_marks(self) -> None:
+        """Mark what was published since the last flush (also called at shutdown)."""
+        with self._mark_lock:
+            ids, self._to_mark = self._to_mark, []
+        if not ids:
+            return
+        try:
+            self._mark_published(ids)
+        except Exception as exc:  # the store is down: the sweep re-sends, consumers dedupe
+            log.warning("outbox: could not mark %d published rows: %s", len(ids), exc)
 
     def _mark_published(self, ids: list[str]) -> None:
         with self.db.session() as session:

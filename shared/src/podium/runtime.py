@@ -100,6 +100,7 @@ class Runtime:
                 log.warning("after-commit hook failed (left to the reaper): %s", exc)
 
     def close(self) -> None:
+        self.relay.flush_marks()
         self.events.close()
         self.leases.close()
         if self._quotas is not None:

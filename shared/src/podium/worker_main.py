@@ -27,8 +27,8 @@ from pathlib import Path
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from podium.celery_metrics import WORKER_SLOTS, connect_signals, install_state_collector
-from podium.logging_setup import configure_logging
 from podium.metrics import serve_metrics
+from podium.process import prepare_process
 from podium.runtime import Runtime
 from podium.service import ServiceSpec, start_background
 from podium.settings import Settings, get_settings
@@ -133,7 +133,7 @@ def run_worker(
     if multiprocess:
         prepare_multiprocess_metrics()
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    prepare_process(settings)
     from podium.store.db import Database
 
     runtime = Runtime(settings, name=spec.name, db=Database(settings, pool_size=db_pool_size))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from podium.logging_setup import configure_logging
+from podium.process import prepare_process
 from podium.runtime import Runtime
 from podium.settings import get_settings
 from podium_gateway.app import create_app
@@ -12,7 +12,7 @@ from podium_gateway.app import create_app
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    prepare_process(settings)
     runtime = Runtime(settings, name="gateway")
     uvicorn.run(
         create_app(runtime),

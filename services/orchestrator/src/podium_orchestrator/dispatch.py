@@ -3,6 +3,7 @@ transaction), including sub-threads for work done in clean context."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,6 +31,27 @@ from podium_orchestrator.decision import agent_parameters
 from podium_orchestrator.patterns import Dispatch, RunView
 
 
+class _TtlCache:
+    """Per-process memo of a tenant's call cap: a PATCH of the limit applies within
+    ``ttl_s``; saves a query on every dispatch."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[float, int]] = {}
+
+    def get(self, key: str) -> int | None:
+        hit = self._items.get(key)
+        return hit[1] if hit and time.monotonic() - hit[0] < self.ttl_s else None
+
+    def put(self, key: str, value: int) -> None:
+        if len(self._items) > 10_000:
+            self._items.clear()
+        self._items[key] = (time.monotonic(), value)
+
+
+_CALL_CAPS = _TtlCache(ttl_s=5.0)
+
+
 class DispatchError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -47,11 +69,17 @@ class Dispatcher:
         self._call_cap: int | None = None
         self._share: dict[str, float] | None = None
 
-    def split_budget(self, calls: int) -> None:
-        """The next ``calls`` dispatches share what is left of the run's token and cost caps
-        (a parallel team dispatches several at once)."""
-        remaining = run_remaining(self.session, self.run)
-        self._share = {k: v / max(calls, 1) for k, v in remaining.items()}
+    def split_budget(
+        self,
+        count: int,
+        calls: list[AgentCall] | None = None,
+        orchestrator_tokens: int | None = None,
+    ) -> None:
+        """The next ``count`` dispatches share what is left of the run's token and cost caps
+        (a parallel team dispatches several at once). ``calls`` and ``orchestrator_tokens``,
+        when the caller has them loaded, save the queries."""
+        remaining = run_remaining(self.session, self.run, calls, orchestrator_tokens)
+        self._share = {k: v / max(count, 1) for k, v in remaining.items()}
 
     def _call_budget(self) -> dict[str, float]:
         if self._share is None:
@@ -60,13 +88,16 @@ class Dispatcher:
         return self._share
 
     def tenant_call_cap(self) -> int:
-        """The tenant's concurrent agent calls limit (0 = none), read once per step."""
+        """The tenant's concurrent agent calls limit (0 = none)."""
+        if self._call_cap is None:
+            self._call_cap = _CALL_CAPS.get(self.run.tenant_id)
         if self._call_cap is None:
             overrides = self.session.scalar(
                 select(Tenant.limits).where(Tenant.id == self.run.tenant_id)
             )
             limits = effective_limits(self.runtime.settings, overrides)
             self._call_cap = limits.concurrent_calls
+            _CALL_CAPS.put(self.run.tenant_id, self._call_cap)
         return self._call_cap
 
     def agent(self, name: str) -> Agent:
@@ -185,23 +216,23 @@ class Dispatcher:
         return sub.id, first.seq
 
 
-def run_remaining(session: Session, run: Run) -> dict[str, float]:
+def run_remaining(
+    session: Session,
+    run: Run,
+    calls: list[AgentCall] | None = None,
+    orchestrator_tokens: int | None = None,
+) -> dict[str, float]:
     """What is left of the run's caps: minus what finished calls and the Orchestrator spent,
     and minus the budgets still held by calls in flight."""
     limits = run.limits or {}
-    rows = session.execute(
-        select(
-            AgentCall.status,
-            AgentCall.input_tokens,
-            AgentCall.output_tokens,
-            AgentCall.cost_usd,
-            AgentCall.params,
-        ).where(AgentCall.run_id == run.id)
-    ).all()
-    context_tokens = session.scalar(
-        select(OrchestrationContext.tokens_used).where(OrchestrationContext.run_id == run.id)
-    )
-    tokens, cost = float(context_tokens or 0), 0.0
+    if calls is None:
+        calls = list(session.scalars(select(AgentCall).where(AgentCall.run_id == run.id)))
+    if orchestrator_tokens is None:
+        orchestrator_tokens = session.scalar(
+            select(OrchestrationContext.tokens_used).where(OrchestrationContext.run_id == run.id)
+        )
+    tokens, cost = float(orchestrator_tokens or 0), 0.0
+    rows = [(c.status, c.input_tokens, c.output_tokens, c.cost_usd, c.params) for c in calls]
     for status, tin, tout, usd, params in rows:
         if status in TERMINAL_CALL_STATUSES:
             tokens += tin + tout

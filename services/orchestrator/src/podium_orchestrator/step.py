@@ -262,7 +262,7 @@ class Step:
         if control.handle(calls):
             return  # a handoff or delegation took this step
         for _ in range(MAX_CONSULTS_PER_STEP):
-            view = self._view(run, context, self._calls(run))
+            view = self._view(run, context, calls)  # a consult adds decisions, not calls
             _, pattern = registry(self.runtime.settings.patterns_file)[run.pattern or "direct"]
             actions = pattern.next_actions(view)
             consult = next((a for a in actions if isinstance(a, Consult)), None)
@@ -282,7 +282,7 @@ class Step:
             raise RuntimeError(f"run {run.id}: pattern kept consulting")
         dispatches = [a for a in actions if isinstance(a, Dispatch)]
         if dispatches:
-            hit = caps_exceeded(run, self._usage(run, context), len(calls) + len(dispatches))
+            hit = caps_exceeded(run, _spent(calls, context), len(calls) + len(dispatches))
             if hit is not None:
                 record_guard(run, hit[0], hit[1], self.result.emit)
                 run.status = RunStatus.BUDGET_HOLD
@@ -291,7 +291,7 @@ class Step:
                 return
         plan = self._plan_decision(context)
         if dispatches:
-            dispatcher.split_budget(len(dispatches))
+            dispatcher.split_budget(len(dispatches), calls, context.tokens_used)
         for action in actions:
             if isinstance(action, Dispatch):
                 try:
@@ -376,15 +376,6 @@ class Step:
             },
         )
 
-    def _usage(self, run: Run, context: OrchestrationContext) -> dict[str, float]:
-        tokens, cost = self.session.execute(
-            select(
-                func.coalesce(func.sum(AgentCall.input_tokens + AgentCall.output_tokens), 0),
-                func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
-            ).where(AgentCall.run_id == run.id)
-        ).one()
-        return {"tokens": float(tokens) + context.tokens_used, "cost_usd": float(cost)}
-
     # --- thread ownership, answers, events ------------------------------------------------
     def _claim_thread(self, run: Run) -> bool:
         """Runs of one thread execute one at a time, oldest first."""
@@ -452,13 +443,17 @@ class Step:
         error: dict[str, Any] | None = None,
         note: str | None = None,
     ) -> None:
-        usage = self._usage(run, context)
         totals = self.session.execute(
             select(
                 func.coalesce(func.sum(AgentCall.input_tokens), 0),
                 func.coalesce(func.sum(AgentCall.output_tokens), 0),
+                func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
             ).where(AgentCall.run_id == run.id)
         ).one()
+        usage = {
+            "tokens": float(totals[0] + totals[1]) + context.tokens_used,
+            "cost_usd": float(totals[2]),
+        }
         run.status = status
         run.error = error
         run.finished_at = utcnow()
@@ -517,6 +512,14 @@ class Step:
             usage=run.usage,
             note=note,
         )
+
+
+def _spent(calls: list[AgentCall], context: OrchestrationContext) -> dict[str, float]:
+    """What the run has used so far: its calls and the Orchestrator's own decisions."""
+    return {
+        "tokens": float(sum(c.input_tokens + c.output_tokens for c in calls)) + context.tokens_used,
+        "cost_usd": float(sum(c.cost_usd for c in calls)),
+    }
 
 
 def effective_calls(calls: list[AgentCall]) -> list[AgentCall]:

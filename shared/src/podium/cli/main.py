@@ -50,13 +50,13 @@ def dev(host: str | None, port: int | None, worker_threads: int) -> None:
     import uvicorn
 
     from podium.embedded import EmbeddedPodium
-    from podium.logging_setup import configure_logging
+    from podium.process import prepare_process
 
     settings = _settings()
     generated = settings.admin_key is None
     if generated:
         settings = settings.model_copy(update={"admin_key": "dev-" + secrets.token_urlsafe(24)})
-    configure_logging(settings.log_level)
+    prepare_process(settings)
     podium = EmbeddedPodium(settings, worker_threads=worker_threads)
     podium.migrate()
     podium.start_workers()
