@@ -11,7 +11,7 @@ export PODIUM_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/podiu
 export PODIUM_BROKER_URL ?= redis://127.0.0.1:6379/0
 export PODIUM_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install install-test demo test lint typecheck unit integration up down clean
+.PHONY: help install install-test demo test lint typecheck unit integration up down clean bench
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ typecheck: install ## mypy strict on every package
 
 test: lint typecheck install-test ## Lint, type-check, and run the whole test suite
 	$(UV) run --frozen pytest
+
+# MODE=full for the figures in docs/performance.md; extra options in BENCH_ARGS (see bench/run.py).
+bench: install ## Benchmarks (quick, < 10 min; MODE=full): bench/results/latest.json, docs/performance.md
+	$(UV) run --frozen python -m bench.run $(if $(filter full,$(MODE)),--full) $(BENCH_ARGS)
 
 up: install ## Start every service as its own process (logs and pids in .run/)
 	$(UV) run --frozen podium up

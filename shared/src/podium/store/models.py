@@ -198,6 +198,8 @@ class Run(TenantOwned, Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_runs_thread_status", "thread_id", "status"),
         Index("ix_runs_status_deadline", "status", "deadline_at"),
+        # The reaper's look at runs finished within the hour (lost post-mortems).
+        Index("ix_runs_finished_at", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -237,7 +239,11 @@ class Run(TenantOwned, Base):
 
 class AgentCall(TenantOwned, Base):
     __tablename__ = "agent_calls"
-    __table_args__ = (Index("ix_agent_calls_run_status", "run_id", "status"),)
+    __table_args__ = (
+        Index("ix_agent_calls_run_status", "run_id", "status"),
+        # The reaper's scans of pending and running calls, without reading the history.
+        Index("ix_agent_calls_status_created", "status", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id", ondelete="CASCADE"))
