@@ -14,7 +14,7 @@ Queue wait of a call = ``agent_calls.started_at - agent_calls.created_at`` (read
 database). Targets: quiet p95 wait in B <= 1.5x the one in A; Jain's fairness index over the
 achieved / max-min-fair throughput in B >= 0.9.
 
-    uv run python bench/fairness.py [--quick]
+    uv run python -m bench.fairness [--quick]
 
 Writes ``bench/results/fairness.json``. Exits 0 even when a target fails (a benchmark), 1 only
 if the benchmark itself could not run.
@@ -34,7 +34,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ import httpx
 import redis
 from sqlalchemy import create_engine, text
 
+from bench.harness import free_port, percentile
 from podium.client import PodiumClient
 from podium.store.provision import drop_database, ensure_database
 
@@ -73,17 +73,6 @@ def log(message: str) -> None:
 
 
 # --- statistics ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """p-th percentile (0..100), linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * p / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
 
 
 def dist_ms(values_s: Sequence[float]) -> dict[str, Any]:
@@ -305,12 +294,6 @@ def machine_info() -> dict[str, Any]:
 
 
 # --- the stack -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

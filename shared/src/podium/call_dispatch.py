@@ -12,9 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from podium.messages import ExecuteAgentCall
 from podium.queues import TaskName, agents_queue
 from podium.runtime import Runtime
+from podium.settings import Settings
+from podium.store.models import Agent
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,14 @@ def call_item(call_id: str, run_id: str) -> str:
 def parse_item(item: str) -> tuple[str, str]:
     call_id, _, run_id = item.partition(":")
     return call_id, run_id
+
+
+def known_pools(session: Session, settings: Settings) -> list[str]:
+    """The agent pools the session's agents name (all tenants', or one tenant's in a tenant
+    session), plus this deployment's default pool."""
+    pools = set(session.scalars(select(Agent.pool).distinct()).all())
+    pools.add(settings.agents_pool)
+    return sorted(pools)
 
 
 def send_calls(runtime: Runtime, pool: str, items: Iterable[str]) -> int:

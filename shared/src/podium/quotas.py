@@ -29,8 +29,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from podium.settings import Settings
+from podium.store.models import Tenant
 
 LIMIT_FIELDS = (
     "requests_per_minute",
@@ -74,6 +77,12 @@ def effective_limits(settings: Settings, overrides: dict[str, Any] | None) -> Li
         tokens_per_day=int(pick("tokens_per_day", settings.tenant_tokens_per_day)),
         cost_per_month_usd=float(pick("cost_per_month_usd", settings.tenant_cost_per_month_usd)),
     )
+
+
+def load_limits(session: Session, settings: Settings, tenant_id: str) -> Limits:
+    """A tenant's limits in force, read from the store."""
+    overrides = session.scalar(select(Tenant.limits).where(Tenant.id == tenant_id))
+    return effective_limits(settings, overrides)
 
 
 @dataclass(frozen=True)

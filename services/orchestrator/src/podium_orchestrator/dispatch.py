@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from podium.call_dispatch import submit_call
-from podium.quotas import effective_limits
+from podium.quotas import load_limits
 from podium.runtime import Runtime, Tx
 from podium.store import (
     TERMINAL_CALL_STATUSES,
@@ -22,7 +22,6 @@ from podium.store import (
     EventKind,
     OrchestrationContext,
     Run,
-    Tenant,
     Thread,
 )
 from podium.store.threads import append_event
@@ -92,10 +91,7 @@ class Dispatcher:
         if self._call_cap is None:
             self._call_cap = _CALL_CAPS.get(self.run.tenant_id)
         if self._call_cap is None:
-            overrides = self.session.scalar(
-                select(Tenant.limits).where(Tenant.id == self.run.tenant_id)
-            )
-            limits = effective_limits(self.runtime.settings, overrides)
+            limits = load_limits(self.session, self.runtime.settings, self.run.tenant_id)
             self._call_cap = limits.concurrent_calls
             _CALL_CAPS.put(self.run.tenant_id, self._call_cap)
         return self._call_cap

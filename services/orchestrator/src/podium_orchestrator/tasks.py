@@ -12,23 +12,27 @@ from typing import Any
 
 from sqlalchemy import exists, func, select, update
 
-from podium.call_dispatch import call_item, complete_call, parse_item, submit_call
+from podium.call_dispatch import (
+    call_item,
+    complete_call,
+    known_pools,
+    parse_item,
+    submit_call,
+)
 from podium.consumers import register_consumer
 from podium.events import call_lost_error
 from podium.messages import AdvanceRun, ExecuteAgentCall, Message, RunCompleted
 from podium.queues import Queue, TaskName, agents_queue
-from podium.quotas import effective_limits
+from podium.quotas import load_limits
 from podium.runtime import Runtime
 from podium.store import (
     TERMINAL_CALL_STATUSES,
     TERMINAL_RUN_STATUSES,
-    Agent,
     AgentCall,
     CallStatus,
     PostMortem,
     Run,
     RunStatus,
-    Tenant,
     Thread,
     utcnow,
 )
@@ -287,10 +291,9 @@ class Reaper:
         """Fair-dispatch slots held by calls that ended without giving them back (their
         worker died after the commit): freed, so the tenant's cap and the window recover."""
         with self.runtime.db.session() as session:
-            pools = set(session.scalars(select(Agent.pool).distinct()).all())
-        pools.add(self.settings.agents_pool)
+            pools = known_pools(session, self.settings)
         wall = time.time()
-        for pool in sorted(pools):
+        for pool in pools:
             held = self.runtime.fair.inflight_items(pool)
             old = [i for i, at in held.items() if wall - at > self.settings.reaper_stall_s]
             if not old:
@@ -309,8 +312,7 @@ class Reaper:
 
     def _call_cap(self, tenant_id: str) -> int:
         with self.runtime.db.session() as session:
-            overrides = session.scalar(select(Tenant.limits).where(Tenant.id == tenant_id))
-        return effective_limits(self.settings, overrides).concurrent_calls
+            return load_limits(session, self.settings, tenant_id).concurrent_calls
 
     def _unsettled_reservations(self, done: Counter[str]) -> None:
         """Reservations on tenant budgets whose run ended (the settle after its commit was

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
+from podium.call_dispatch import known_pools
 from podium.quotas import Periods, effective_limits
-from podium.store import Agent, tenant_session
+from podium.store import tenant_session
 from podium_gateway.auth import RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS
 from podium_gateway.schemas import TenantUsage, UsageMeter
@@ -32,10 +32,9 @@ def get_usage(principal: TenantDep, runtime: RuntimeDep) -> TenantUsage:
     usage = runtime.quotas.usage(principal.tenant_id)
     periods = Periods.at()
     with tenant_session(runtime.db, principal.tenant_id) as session:
-        pools = set(session.scalars(select(Agent.pool).distinct()).all())
-    pools.add(runtime.settings.agents_pool)
+        pools = known_pools(session, runtime.settings)
     inflight = queued = 0
-    for pool in sorted(pools):
+    for pool in pools:
         mine = runtime.fair.snapshot(pool)["tenants"].get(principal.tenant_id)
         if mine is not None:
             inflight += mine["inflight"]
