@@ -162,7 +162,8 @@ class CpuMeter:
         self.database = database
 
     def _by_owner(self) -> dict[int, tuple[str, float]]:
-        owner_of = {pgid: name for name, pgid in self.groups.items()}
+        # "orchestrator#2" counts as the orchestrator.
+        owner_of = {pgid: name.partition("#")[0] for name, pgid in self.groups.items()}
         out: dict[int, tuple[str, float]] = {}
         me = os.getpid()
         for pid, (comm, pgid, cpu) in _proc_table().items():
@@ -294,6 +295,35 @@ def machine_info() -> dict[str, Any]:
 
 
 # --- the stack -------------------------------------------------------------------------------
+SLOT_SETTINGS = {
+    "agent-worker": ("PODIUM_WORKER_CONCURRENCY", 64),
+    "orchestrator": ("PODIUM_ORCHESTRATOR_CONCURRENCY", 8),
+}
+
+
+def _split_slots(env: dict[str, str], service: str, count: int) -> dict[str, str]:
+    """The per-process concurrency when ``count`` processes share a service's slots."""
+    if service not in SLOT_SETTINGS or count == 1:
+        return {}
+    key, default = SLOT_SETTINGS[service]
+    total = int(env.get(key, default))
+    if total % count:
+        raise ValueError(f"{total} {service} slots do not split evenly over {count} processes")
+    return {key: str(total // count)}
+
+
+def parse_processes(spec: str) -> dict[str, int]:
+    """``orchestrator=2,agent-worker=2`` -> {"orchestrator": 2, "agent-worker": 2}."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        service, _, count = part.partition("=")
+        if service not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(
+                f"bad --processes entry {part!r}: want SERVICE=N with SERVICE one of "
+                f"{', '.join(SERVICES)} and N >= 1"
+            )
+        out[service] = int(count)
+    return out
 
 
 @dataclass
@@ -317,22 +347,29 @@ class Stack:
         if out.returncode != 0:
             raise RuntimeError(f"podium migrate failed:\n{out.stdout}\n{out.stderr}")
 
-    def start(self) -> None:
-        for name, module in SERVICES.items():
-            env = dict(self.env)
-            if name != "gateway":
-                self.metrics_ports[name] = free_port()
-                env["PODIUM_METRICS_PORT"] = str(self.metrics_ports[name])
-            with (self.workdir / f"{name}.log").open("ab") as out:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", module],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-        for name in SERVICES:
+    def start(self, processes: dict[str, int] | None = None) -> None:
+        """Start every service; ``processes`` runs more than one process of a service (the
+        extra ones are named ``service#2``...), sharing its slots between them."""
+        for service, module in SERVICES.items():
+            count = (processes or {}).get(service, 1)
+            for index in range(count):
+                name = service if index == 0 else f"{service}#{index + 1}"
+                env = dict(self.env, **_split_slots(self.env, service, count))
+                if service != "gateway":
+                    self.metrics_ports[name] = free_port()
+                    env["PODIUM_METRICS_PORT"] = str(self.metrics_ports[name])
+                elif index:
+                    raise ValueError("one gateway process only (it owns the HTTP port)")
+                with (self.workdir / f"{name}.log").open("ab") as out:
+                    self.procs[name] = subprocess.Popen(
+                        [sys.executable, "-m", module],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+        for name in self.procs:
             self._wait_ready(name)
 
     def _wait_ready(self, name: str, timeout: float = 90) -> None:
@@ -381,7 +418,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def podium_stack(workers: int, tenant_calls: int) -> Iterator[tuple[Stack, str]]:
+def podium_stack(
+    workers: int, tenant_calls: int, processes: dict[str, int] | None = None
+) -> Iterator[tuple[Stack, str]]:
     """A started stack and its database URL; everything is removed on exit."""
     tag = secrets.token_hex(6)
     pg_url = f"{PG_SERVER}/podium_test_{tag}"
@@ -412,7 +451,7 @@ def podium_stack(workers: int, tenant_calls: int) -> Iterator[tuple[Stack, str]]
         ensure_database(pg_url)
         log(f"database {pg_url.rsplit('/', 1)[1]}, redis prefix {prefix}, logs in {workdir}")
         stack.migrate()
-        stack.start()
+        stack.start(processes)
         yield stack, pg_url
         ok = True
     finally:
@@ -692,6 +731,17 @@ def analyse_phase(
         "quiet_end_to_end": dist_ms(
             [c["finished"] - c["run_created"] for c in quiet if c["finished"]]
         ),
+        # The tail, with when it happened: clustered offsets point at a periodic stall.
+        "quiet_slowest": [
+            {
+                "at_s": round(c["created"] - t0, 2),
+                "wait_ms": round((c["started"] - c["created"]) * 1000, 1),
+                "created_to_picked_ms": (
+                    round((c["picked"] - c["created"]) * 1000, 1) if c["picked"] else None
+                ),
+            }
+            for c in sorted(quiet, key=lambda c: c["created"] - c["started"])[:6]
+        ],
         "tenants": {},
     }
     demand: dict[str, float] = {}
@@ -764,7 +814,7 @@ def run_phase(
         f"{percentile(late, 99) * 1000:.1f} ms, max {max(late, default=0) * 1000:.1f} ms, "
         f"machine busy {result['cpu']['machine_busy_pct']}%"
     )
-    if dead := [n for n in SERVICES if n not in stack.alive()]:
+    if dead := [n for n in stack.procs if n not in stack.alive()]:
         raise RuntimeError(f"services died during phase {label}: {dead}")
     return result
 
@@ -779,6 +829,13 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=500.0)
     parser.add_argument("--workers", type=int, default=8, help="agent-worker slots (W)")
     parser.add_argument("--tenant-calls", type=int, help="per-tenant cap (default W/2)")
+    parser.add_argument(
+        "--processes",
+        type=parse_processes,
+        default={},
+        metavar="SERVICE=N,...",
+        help="run N processes of a service, sharing its slots (e.g. orchestrator=2)",
+    )
     parser.add_argument("--arrivals", choices=("poisson", "fixed"), default="poisson")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -820,6 +877,7 @@ def main() -> int:
         "seed": args.seed,
         "pattern": "direct",
         "cpu_control_cores": args.cpu_control,
+        "processes": {name: args.processes.get(name, 1) for name in SERVICES},
     }
     log(f"parameters: {json.dumps(params)}")
 
@@ -861,7 +919,7 @@ def bench(
     prompt: str,
     poisson: bool,
 ) -> dict[str, Any]:
-    with podium_stack(args.workers, tenant_calls) as (stack, pg_url):
+    with podium_stack(args.workers, tenant_calls, args.processes) as (stack, pg_url):
         engine = create_engine(pg_url, pool_size=2)
         admin = PodiumClient(stack.url, stack.env["PODIUM_ADMIN_KEY"])
         try:

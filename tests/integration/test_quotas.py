@@ -74,14 +74,19 @@ def test_limit_of_n_per_minute_admits_exactly_n_across_two_gateways(
     n = 12
     admin.set_limits(t.id, requests_per_minute=n)
     threads = [t.client.create_thread(f"burst {i}")["id"] for i in range(3 * n)]
-    responses = _post_runs([stack.url, second_gateway], t.key, threads, {"input": "hi"})
+    gateways = [stack.url, second_gateway]
+    for url in gateways:  # both warm, so neither is still opening its pools during the burst
+        httpx.get(f"{url}/readyz", timeout=30).raise_for_status()
+    responses = _post_runs(gateways, t.key, threads, {"input": "hi"})
     admitted = [r for r in responses if r.status_code == 202]
     refused = [r for r in responses if r.status_code == 429]
+    # Each gateway answered 3n/2 > n requests: a per-process limit would admit up to 2n in
+    # all, so exactly n admitted means the two processes share one limit. Which gateway
+    # admitted them is a race and not asserted.
+    per_gateway = {u: sum(1 for r in responses if str(r.url).startswith(u)) for u in gateways}
+    assert all(count > n for count in per_gateway.values()), per_gateway
     assert len(admitted) == n, [r.status_code for r in responses]
     assert len(refused) == 2 * n
-    # Both gateways admitted some: the limit is shared, not per process.
-    by_port = {r.url.port for r in admitted}
-    assert len(by_port) == 2
     for r in refused:
         assert r.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(r.headers["Retry-After"]) <= 60

@@ -5,11 +5,12 @@ redelivered or replayed event cannot count twice."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from statistics import fmean
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import String, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
 from podium.learning import classify, is_good
@@ -61,40 +62,78 @@ def upsert_outcome(session: Session, run: Run) -> RunOutcome:
     return outcome
 
 
+@dataclass
+class _Totals:
+    """Sums over some outcomes, from which the statistics' means follow."""
+
+    samples: int = 0
+    good: int = 0
+    completed: int = 0
+    feedback_count: int = 0
+    rated: int = 0
+    rating_sum: float = 0.0
+    cost_sum: float = 0.0
+    latency_sum: float = 0.0
+
+    def add(self, row: Any) -> None:
+        self.samples += int(row.samples)
+        self.good += int(row.good or 0)
+        self.completed += int(row.completed or 0)
+        self.feedback_count += int(row.feedback_count or 0)
+        self.rated += int(row.rated or 0)
+        self.rating_sum += float(row.rating_sum or 0.0)
+        self.cost_sum += float(row.cost_sum or 0.0)
+        self.latency_sum += float(row.latency_sum or 0.0)
+
+
 def recompute_stats(session: Session, tenant_id: str, request_class: str) -> None:
-    """Rebuild the tenant x class rows of learning_stats from run_outcomes."""
-    outcomes = list(
-        session.scalars(
-            select(RunOutcome).where(
-                RunOutcome.tenant_id == tenant_id, RunOutcome.request_class == request_class
-            )
-        )
+    """Rebuild the tenant x class rows of learning_stats from run_outcomes.
+
+    The database sums the outcomes, grouped by pattern and by agent list, so a refresh costs
+    one aggregate per dimension instead of loading every outcome of the class."""
+    sums = (
+        func.count().label("samples"),
+        func.sum(case((RunOutcome.good, 1), else_=0)).label("good"),
+        func.sum(case((RunOutcome.status == "completed", 1), else_=0)).label("completed"),
+        func.sum(RunOutcome.feedback_count).label("feedback_count"),
+        func.count(RunOutcome.mean_rating).label("rated"),
+        func.sum(RunOutcome.mean_rating).label("rating_sum"),
+        func.sum(RunOutcome.cost_usd).label("cost_sum"),
+        func.sum(RunOutcome.latency_ms).label("latency_sum"),
     )
-    groups: dict[tuple[str, str], list[RunOutcome]] = defaultdict(list)
-    for o in outcomes:
-        groups[("pattern", o.pattern)].append(o)
-        for agent in o.agents:
-            groups[("agent", str(agent))].append(o)
+    scope = (RunOutcome.tenant_id == tenant_id, RunOutcome.request_class == request_class)
+    groups: dict[tuple[str, str], _Totals] = defaultdict(_Totals)
+    for row in session.execute(
+        select(RunOutcome.pattern.label("key"), *sums).where(*scope).group_by(RunOutcome.pattern)
+    ):
+        groups[("pattern", row.key)].add(row)
+    # Grouped by the stored JSON text of the agent list (one writer, one serialisation), then
+    # split: a run with two agents counts once for each.
+    agents_text = cast(RunOutcome.agents, String)
+    for row in session.execute(
+        select(agents_text.label("key"), *sums).where(*scope).group_by(agents_text)
+    ):
+        for agent in sorted(set(json.loads(row.key or "[]"))):
+            groups[("agent", str(agent))].add(row)
     session.execute(
         delete(LearningStat).where(
             LearningStat.tenant_id == tenant_id, LearningStat.request_class == request_class
         )
     )
-    for (dimension, value), rows in sorted(groups.items()):
-        rated = [o.mean_rating for o in rows if o.mean_rating is not None]
+    for (dimension, value), t in sorted(groups.items()):
         session.add(
             LearningStat(
                 tenant_id=tenant_id,
                 request_class=request_class,
                 dimension=dimension,
                 value=value,
-                samples=len(rows),
-                good=sum(1 for o in rows if o.good),
-                completed=sum(1 for o in rows if o.status == "completed"),
-                feedback_count=sum(o.feedback_count for o in rows),
-                mean_rating=fmean(rated) if rated else None,
-                mean_cost_usd=fmean(o.cost_usd for o in rows),
-                mean_latency_ms=fmean(o.latency_ms for o in rows),
+                samples=t.samples,
+                good=t.good,
+                completed=t.completed,
+                feedback_count=t.feedback_count,
+                mean_rating=t.rating_sum / t.rated if t.rated else None,
+                mean_cost_usd=t.cost_sum / t.samples,
+                mean_latency_ms=t.latency_sum / t.samples,
             )
         )
     session.flush()

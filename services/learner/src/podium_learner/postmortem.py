@@ -13,7 +13,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from podium.learning import classify
-from podium.llm import build_provider
+from podium.llm.resilience import shared_provider
 from podium.messages import FeedbackReceived, RunCompleted
 from podium.metrics import POSTMORTEMS
 from podium.runtime import Runtime
@@ -157,7 +157,8 @@ def _add_review(runtime: Runtime, postmortem_id: str, facts: dict[str, Any], req
     # Outside the facts' transaction: a slow or failing LLM must not hold or lose them.
     settings = runtime.settings
     try:
-        provider = build_provider(settings, settings.llm_provider)
+        # Built once per process: building the simulated provider parses its YAML script.
+        provider = shared_provider(settings, settings.llm_provider)
         result = review(provider, settings.llm_model, facts, request)
     except Exception as exc:  # never lose the post-mortem over its review
         log.warning("post-mortem review failed: %s", exc)

@@ -204,6 +204,13 @@ def _cached_provider(settings: Settings, name: str, *, required: bool) -> LLMPro
         return provider
 
 
+def shared_provider(settings: Settings, name: str) -> LLMProvider:
+    """The process's one provider called ``name`` for these settings (built on first use)."""
+    provider = _cached_provider(settings, name, required=True)
+    assert provider is not None  # required: a provider that cannot be built raised
+    return provider
+
+
 def provider_chain(
     settings: Settings, primary: str | None, fallbacks: Sequence[str]
 ) -> list[LLMProvider]:
