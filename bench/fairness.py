@@ -8,6 +8,9 @@ throwaway PostgreSQL database and a unique Redis key prefix, then drives an open
 - phase A "no noise": 4 quiet tenants at ``q`` runs/s each for ``D`` seconds;
 - phase C (only with ``--cpu-control CORES``): the quiet schedule plus busy loops on CORES
   CPUs, a control that separates CPU contention from scheduling;
+- phase D (only with ``--separate-noise-control``): the quiet schedule on this stack while
+  B's noisy load goes to a second, independent stack on the same machine, a control where
+  only the host (CPU, PostgreSQL and Redis servers) is shared, not Podium's dispatcher;
 - phase B "noise": the same quiet schedule plus one noisy tenant at ``20 q`` runs/s.
 
 Queue wait of a call = ``agent_calls.started_at - agent_calls.created_at`` (read from the
@@ -159,7 +162,19 @@ class CpuMeter:
 
     def __init__(self, groups: dict[str, int], database: str) -> None:
         self.groups = groups  # name -> process group id
-        self.database = database
+        self.databases = {database: "postgresql"}  # database name -> owner
+
+    def track(self, label: str, stack: Stack, database: str) -> None:
+        """Count another stack's processes and database backends as ``label``, not as
+        foreign load."""
+        # "label#service" counts as label, like "orchestrator#2" as the orchestrator.
+        self.groups.update({f"{label}#{n}": p.pid for n, p in stack.procs.items()})
+        self.databases[database] = f"{label} postgresql"
+
+    def untrack(self, label: str) -> None:
+        """Forget a stopped stack (its process group ids may be reused)."""
+        for name in [n for n in self.groups if n.partition("#")[0] == label]:
+            del self.groups[name]
 
     def _by_owner(self) -> dict[int, tuple[str, float]]:
         # "orchestrator#2" counts as the orchestrator.
@@ -188,8 +203,9 @@ class CpuMeter:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return "postgresql (server)"
-        if self.database in cmdline:
-            return "postgresql"
+        for database, owner in self.databases.items():
+            if database in cmdline:
+                return owner
         if cmdline.startswith("postgres: ") and cmdline.count(" ") >= 4:
             return "other"  # "postgres: 15/main: user database host(port) state"
         return "postgresql (server)"
@@ -511,6 +527,19 @@ def schedule(rate: float, duration: float, rng: random.Random, poisson: bool) ->
     return out
 
 
+def create_tenants(stack: Stack, names: Sequence[tuple[str, bool]]) -> list[Tenant]:
+    """Tenants (name, quiet) with an API key each; the cap is read back from the stack."""
+    tenants: list[Tenant] = []
+    with PodiumClient(stack.url, stack.env["PODIUM_ADMIN_KEY"]) as admin:
+        for name, quiet in names:
+            created = admin.create_tenant(f"fair-{name}-{secrets.token_hex(3)}")
+            key = admin.create_key(created["id"])["key"]
+            with PodiumClient(stack.url, key) as client:
+                cap = int(client.usage()["concurrent_calls"]["limit"])
+            tenants.append(Tenant(name, created["id"], key, quiet, cap))
+    return tenants
+
+
 async def create_threads(url: str, arrivals: list[Arrival]) -> None:
     """One new thread per run, created ahead of the timed phases."""
     sem = asyncio.Semaphore(8)
@@ -564,6 +593,16 @@ async def drive(url: str, arrivals: list[Arrival], prompt: str) -> dict[str, Any
         await asyncio.gather(*tasks)
     lateness = [a.sent_mono - (t0_mono + a.offset) for a in ordered]
     return {"t0": t0_wall, "t_last_send": t1_wall, "lateness": lateness}
+
+
+async def drive_pair(
+    url: str, arrivals: list[Arrival], side_url: str, side_arrivals: list[Arrival], prompt: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two open-loop schedules, to two stacks, started together."""
+    main, side = await asyncio.gather(
+        drive(url, arrivals, prompt), drive(side_url, side_arrivals, prompt)
+    )
+    return main, side
 
 
 class DispatcherProbe:
@@ -802,10 +841,19 @@ def run_phase(
     prompt: str,
     duration: float,
     cpu: CpuMeter,
+    side: SideNoise | None = None,
 ) -> dict[str, Any]:
-    log(f"phase {label}: {len(arrivals)} runs over {duration:g}s")
+    """Drive one phase; with ``side``, its noisy schedule goes to the second stack at the
+    same time (its send results are in ``result["side"]``)."""
+    extra = f" (+ {len(side.arrivals)} on the noise stack)" if side else ""
+    log(f"phase {label}: {len(arrivals)} runs{extra} over {duration:g}s")
     cpu.start()
-    result = asyncio.run(drive(stack.url, arrivals, prompt))
+    if side is None:
+        result = asyncio.run(drive(stack.url, arrivals, prompt))
+    else:
+        result, result["side"] = asyncio.run(
+            drive_pair(stack.url, arrivals, side.stack.url, side.arrivals, prompt)
+        )
     result["cpu"] = cpu.stop()
     result["duration"] = duration
     late = result["lateness"]
@@ -814,9 +862,84 @@ def run_phase(
         f"{percentile(late, 99) * 1000:.1f} ms, max {max(late, default=0) * 1000:.1f} ms, "
         f"machine busy {result['cpu']['machine_busy_pct']}%"
     )
-    if dead := [n for n in stack.procs if n not in stack.alive()]:
+    stacks = [("", stack)] + ([("noise stack ", side.stack)] if side else [])
+    if dead := [f"{tag}{n}" for tag, s in stacks for n in s.procs if n not in s.alive()]:
         raise RuntimeError(f"services died during phase {label}: {dead}")
     return result
+
+
+@dataclass
+class SideNoise:
+    """Control D's noisy load on a second, independent stack: its own database, Redis
+    prefix, ports and processes; only the machine is shared with the main stack."""
+
+    stack: Stack
+    engine: Any
+    tenant: Tenant
+    arrivals: list[Arrival]
+
+    def report(
+        self, sent: dict[str, Any], duration: float, workers: int, latency_s: float
+    ) -> dict[str, Any]:
+        """The noisy tenant's submission and throughput on the second stack (read before
+        it is stopped), to show the noise really loaded it."""
+        ids = [a.run_id for a in self.arrivals if a.run_id]
+        calls = fetch_calls(self.engine, ids)
+        for c in calls:
+            c["picked"] = c["released"] = None  # no dispatcher probe on this stack
+        phase = analyse_phase(
+            "D (noise stack)",
+            [self.tenant],
+            self.arrivals,
+            calls,
+            sent["t0"],
+            duration,
+            time.time(),
+            workers,
+            latency_s,
+        )
+        row = phase["tenants"][self.tenant.name]
+        row.pop("slot_hold")  # needs the probe
+        return {
+            "submission": submission_stats(self.arrivals, duration, sent["lateness"]),
+            "noisy": row,
+        }
+
+
+@contextlib.contextmanager
+def separate_noise_stack(
+    workers: int,
+    tenant_calls: int,
+    processes: dict[str, int],
+    offsets: list[float],
+    warm_offsets: list[float],
+    warmup: float,
+    prompt: str,
+    cpu: CpuMeter,
+    cap: int,
+) -> Iterator[SideNoise]:
+    """A second stack with the noisy tenant (same cap), warmed up and counted by ``cpu``;
+    removed on exit like the main one."""
+    log("control D: starting the separate noise stack")
+    with podium_stack(workers, tenant_calls, processes) as (side, pg_url):
+        engine = create_engine(pg_url, pool_size=2)
+        try:
+            (noisy,) = create_tenants(side, [("noisy", False)])
+            if noisy.cap != cap:
+                raise RuntimeError(f"noise stack cap {noisy.cap} != main stack cap {cap}")
+            warm = [Arrival(noisy, off) for off in warm_offsets]
+            arrivals = [Arrival(noisy, off) for off in offsets]
+            asyncio.run(create_threads(side.url, warm + arrivals))
+            cpu.track("noise stack", side, pg_url.rsplit("/", 1)[1])
+            try:
+                # Cold code paths (first runs, pools) would otherwise cost CPU inside D.
+                run_phase(side, "D warm-up (noise stack)", warm, prompt, warmup, cpu)
+                wait_runs_done(engine, [a.run_id for a in warm if a.run_id], 60)
+                yield SideNoise(side, engine, noisy, arrivals)
+            finally:
+                cpu.untrack("noise stack")
+        finally:
+            engine.dispose()
 
 
 def main() -> int:
@@ -845,6 +968,12 @@ def main() -> int:
         default=0.0,
         metavar="CORES",
         help="add a control phase C: the quiet load alone plus busy loops on CORES CPUs",
+    )
+    parser.add_argument(
+        "--separate-noise-control",
+        action="store_true",
+        help="add a control phase D: the quiet load here while B's noisy load goes to a "
+        "second, independent stack on the same machine",
     )
     parser.add_argument(
         "--wait-idle",
@@ -877,6 +1006,7 @@ def main() -> int:
         "seed": args.seed,
         "pattern": "direct",
         "cpu_control_cores": args.cpu_control,
+        "separate_noise_control": args.separate_noise_control,
         "processes": {name: args.processes.get(name, 1) for name in SERVICES},
     }
     log(f"parameters: {json.dumps(params)}")
@@ -921,17 +1051,9 @@ def bench(
 ) -> dict[str, Any]:
     with podium_stack(args.workers, tenant_calls, args.processes) as (stack, pg_url):
         engine = create_engine(pg_url, pool_size=2)
-        admin = PodiumClient(stack.url, stack.env["PODIUM_ADMIN_KEY"])
         try:
-            tenants: list[Tenant] = []
-            for i in range(args.quiet_tenants + 1):
-                quiet = i < args.quiet_tenants
-                name = f"quiet{i + 1}" if quiet else "noisy"
-                created = admin.create_tenant(f"fair-{name}-{secrets.token_hex(3)}")
-                key = admin.create_key(created["id"])["key"]
-                with PodiumClient(stack.url, key) as client:
-                    cap = int(client.usage()["concurrent_calls"]["limit"])
-                tenants.append(Tenant(name, created["id"], key, quiet, cap))
+            names = [(f"quiet{i + 1}", True) for i in range(args.quiet_tenants)]
+            tenants = create_tenants(stack, [*names, ("noisy", False)])
             quiet_t = [t for t in tenants if t.quiet]
             noisy = tenants[-1]
             log(f"tenants: {[(t.name, t.cap) for t in tenants]}")
@@ -948,12 +1070,12 @@ def bench(
                 ]
 
             warm = quiet_arrivals(warmup, 500)
-            noise = [
-                Arrival(noisy, off)
-                for off in schedule(noisy_rate, duration, random.Random(args.seed + 99), poisson)
-            ]
-            # (key, label, arrivals, cores of synthetic CPU load). C, the optional control,
-            # runs before B so that B's noisy backlog cannot spill into it.
+            # B and D send the same noisy schedule (D to the second stack).
+            noise_offsets = schedule(noisy_rate, duration, random.Random(args.seed + 99), poisson)
+            noise = [Arrival(noisy, off) for off in noise_offsets]
+            # (key, label, arrivals, cores of synthetic CPU load). C and D, the optional
+            # controls, run before B so that B's noisy backlog cannot spill into them; D's
+            # noise stack is stopped before B.
             plan: list[tuple[str, str, list[Arrival], float]] = [
                 ("A", "no noise", quiet_arrivals(duration, 0), 0.0)
             ]
@@ -965,6 +1087,10 @@ def bench(
                         quiet_arrivals(duration, 0),
                         args.cpu_control,
                     )
+                )
+            if args.separate_noise_control:
+                plan.append(
+                    ("D", "noisy tenant on a separate stack", quiet_arrivals(duration, 0), 0.0)
                 )
             plan.append(("B", "noise", quiet_arrivals(duration, 0) + noise, 0.0))
             everything = warm + [a for _, _, arrivals, _ in plan for a in arrivals]
@@ -979,11 +1105,35 @@ def bench(
                 run_phase(stack, "warm-up", warm, prompt, warmup, cpu)
                 wait_runs_done(engine, [a.run_id for a in warm if a.run_id], 60)
                 for key, label, arrivals, burn in plan:
-                    time.sleep(1.0)
-                    with cpu_burners(burn):
-                        res = run_phase(stack, f"{key} ({label})", arrivals, prompt, duration, cpu)
-                    quiet_runs = [a.run_id for a in arrivals if a.run_id and a.tenant.quiet]
-                    res["quiet_runs_unfinished"] = wait_runs_done(engine, quiet_runs, 90)
+                    # D's noise stack lives for D only: A, C and B run without it.
+                    side_cm = (
+                        separate_noise_stack(
+                            args.workers,
+                            tenant_calls,
+                            args.processes,
+                            noise_offsets,
+                            [a.offset for a in warm],
+                            warmup,
+                            prompt,
+                            cpu,
+                            noisy.cap,
+                        )
+                        if key == "D"
+                        else contextlib.nullcontext()
+                    )
+                    with side_cm as side:
+                        time.sleep(1.0)
+                        with cpu_burners(burn):
+                            res = run_phase(
+                                stack, f"{key} ({label})", arrivals, prompt, duration, cpu, side
+                            )
+                        quiet_runs = [a.run_id for a in arrivals if a.run_id and a.tenant.quiet]
+                        res["quiet_runs_unfinished"] = wait_runs_done(engine, quiet_runs, 90)
+                        if side is not None:
+                            # Read now: the noise stack and its database go when D ends.
+                            res["noise_stack"] = side.report(
+                                res.pop("side"), duration, args.workers, latency_s
+                            )
                     results[key] = res
                 now = time.time()
                 for res in results.values():
@@ -996,7 +1146,6 @@ def bench(
                 c["picked"] = probe.picked.get(c["item"])
                 c["released"] = probe.last_seen.get(c["item"])
         finally:
-            admin.close()
             engine.dispose()
 
     phases = {}
@@ -1010,6 +1159,8 @@ def bench(
         phase["cpu"] = res["cpu"]
         phase["dispatcher"] = res["dispatcher"]
         phase["quiet_runs_unfinished"] = res["quiet_runs_unfinished"]
+        if "noise_stack" in res:
+            phase["noise_stack"] = res["noise_stack"]
         lateness = dict(
             zip(
                 (id(a) for a in sorted(arrivals, key=lambda a: a.offset)),
@@ -1068,6 +1219,10 @@ def bench(
         p95_c = phases["C"]["quiet_wait"].get("p95_ms", math.nan)
         headline["quiet_p95_wait_ms_cpu_control"] = p95_c
         headline["quiet_p95_ratio_cpu_control"] = round(p95_c / p95_a, 3) if p95_a else None
+    if "D" in phases:
+        p95_d = phases["D"]["quiet_wait"].get("p95_ms", math.nan)
+        headline["quiet_p95_wait_ms_separate_noise"] = p95_d
+        headline["quiet_p95_ratio_separate_noise"] = round(p95_d / p95_a, 3) if p95_a else None
     return {
         "benchmark": "fairness",
         "description": (
@@ -1129,6 +1284,13 @@ def print_summary(report: dict[str, Any]) -> None:
                 f"{row['wait'].get('p95_ms', math.nan):9.1f} {row['max_in_flight']:8d} "
                 f"{d.get('queued_max', 0):10d} {row['slot_hold'].get('p50_ms', math.nan):8.1f}"
             )
+        if side := ph.get("noise_stack"):
+            s, row = side["submission"], side["noisy"]
+            print(
+                f"  noise stack: noisy {s['sent']} sent, {s['rate_per_s']}/s, statuses "
+                f"{s['statuses']}; got {row['achieved_per_s']}/s, p95 wait "
+                f"{row['wait'].get('p95_ms')} ms, max in flight {row['max_in_flight']}"
+            )
         print(
             f"  Jain: vs fair share {ph['jain_vs_fair_share']}, vs demand "
             f"{ph['jain_vs_demand']}; cores {ph['cpu']['cores']}"
@@ -1145,6 +1307,12 @@ def print_summary(report: dict[str, Any]) -> None:
             f"\nControl C: quiet p95 wait {h['quiet_p95_wait_ms_cpu_control']} ms with CPU "
             f"burners and no noisy tenant = {h['quiet_p95_ratio_cpu_control']}x phase A "
             f"(B, with the noisy tenant: {h['quiet_p95_ratio']}x)"
+        )
+    if "quiet_p95_ratio_separate_noise" in h:
+        print(
+            f"\nControl D: quiet p95 wait {h['quiet_p95_wait_ms_separate_noise']} ms with the "
+            f"noisy tenant on a separate stack = {h['quiet_p95_ratio_separate_noise']}x phase A "
+            f"(B, same stack: {h['quiet_p95_ratio']}x)"
         )
     print("\nTargets:")
     for t in report["targets"]:

@@ -168,6 +168,20 @@ def test_a_noisy_tenant_does_not_hold_back_quiet_ones(new: Factory) -> None:
     assert last_quiet < 40
 
 
+def test_a_freed_slot_goes_to_the_tenant_holding_the_fewest(new: Factory) -> None:
+    d = new(4)
+    running = [x for n in range(10) for x in d.submit(POOL, "noisy", f"noisy-{n}", tenant_cap=3)]
+    assert running == ["noisy-0", "noisy-1", "noisy-2"]
+    assert d.submit(POOL, "q", "q-0", tenant_cap=0) == ["q-0"], "the window is now full"
+    assert d.submit(POOL, "q", "q-1", tenant_cap=0) == []
+    assert d.submit(POOL, "q", "q-2", tenant_cap=0) == []
+    # noisy is below its cap and ahead in the ring, but holds 2 slots against q's 1.
+    assert d.complete(POOL, "noisy-0") == ["q-1"]
+    assert d.complete(POOL, "noisy-1") == ["noisy-3"], "now noisy holds fewer (1 against 2)"
+    assert d.complete(POOL, "q-0") == ["q-2"], "1 against 2 again, the other way"
+    assert d.complete(POOL, "q-1") == ["noisy-4"], "q has nothing queued: work conserving"
+
+
 def test_weights_share_the_dispatches(new: Factory) -> None:
     d = new(3)
     running: list[str] = []

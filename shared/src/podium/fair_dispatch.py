@@ -3,9 +3,12 @@
 Per agent pool, items ("call_id:run_id", opaque here) are queued per tenant and released
 for dispatch under two limits: a global window (the summed capacity of the pool's live
 workers, ``default_window`` while none has registered) and a per-tenant in-flight cap.
-Across tenants the order is deficit round robin: a visit gives the tenant ``weight``
-credits, each item costs one, so equal weights mean one item per tenant per turn. The ring
-position and any unspent credit persist between calls, so no tenant gains from call order.
+Across tenants, a free slot goes to the tenant with the fewest items in flight per unit of
+weight (max-min fair shares of the window); ties go to the tenant served longest ago, a
+ring that persists between calls, so equal tenants alternate and no tenant gains from call
+order. Deficit round robin, which this replaced, served the ring in turn whatever each
+tenant held: a noisy tenant one slot below its cap got every other freed slot while quiet
+tenants' calls waited.
 
 Every operation that frees or adds work also picks, and returns the items the caller must
 dispatch now; nothing else ever dispatches, so an item is handed out exactly once.
@@ -16,6 +19,7 @@ processes, on the Redis server's clock) and memory (a lock; the embedded mode).
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import deque
@@ -128,52 +132,84 @@ local function forget_if_idle(tenant)
   if redis.call('HEXISTS', B .. 'tin', tenant) == 0 then redis.call('HDEL', B .. 'conf', tenant) end
 end
 
+-- Binary min-heap of tenant records, ordered by items in flight per unit of weight, then by
+-- turn (the ring order: whoever was served longest ago goes first).
+local function before(a, b)
+  local x, y = a.tin / a.weight, b.tin / b.weight
+  if x ~= y then return x < y end
+  return a.turn < b.turn
+end
+
+local function heap_push(h, v)
+  h[#h + 1] = v
+  local i = #h
+  while i > 1 do
+    local up = math.floor(i / 2)
+    if not before(h[i], h[up]) then break end
+    h[i], h[up] = h[up], h[i]
+    i = up
+  end
+end
+
+local function heap_pop(h)
+  local top, n = h[1], #h
+  h[1] = h[n]
+  h[n] = nil
+  n = n - 1
+  local i = 1
+  while true do
+    local l, r, m = 2 * i, 2 * i + 1, i
+    if l <= n and before(h[l], h[m]) then m = l end
+    if r <= n and before(h[r], h[m]) then m = r end
+    if m == i then break end
+    h[i], h[m] = h[m], h[i]
+    i = m
+  end
+  return top
+end
+
 local function pick()
   local out = {}
   local win = window()
   local inflight = redis.call('HLEN', B .. 'inflight')
+  if inflight >= win then return out end
+  local ring = redis.call('LRANGE', B .. 'ring', 0, -1)
+  if #ring == 0 then return out end
   local t = redis.call('TIME')
   local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  local idle, steps = 0, 0
-  while inflight < win and steps < LIMIT do
-    local n = redis.call('LLEN', B .. 'ring')
-    -- a whole rotation without progress: everyone left is at their cap
-    if n == 0 or idle >= n then break end
-    local tenant = redis.call('LINDEX', B .. 'ring', 0)
-    local q = B .. 'q:' .. tenant
+  local heap, all = {}, {}
+  for i, tenant in ipairs(ring) do
     local cap, weight = conf(tenant)
-    local tin = tonumber(redis.call('HGET', B .. 'tin', tenant) or '0')
-    local deficit = tonumber(redis.call('HGET', B .. 'deficit', tenant) or '0')
-    -- no credit left means a new visit; credit left means the window cut the last one short
-    if deficit == 0 then deficit = weight end
-    local sent = 0
-    while deficit > 0 and inflight < win and steps < LIMIT and (cap == 0 or tin < cap) do
-      local item = redis.call('LPOP', q)
-      if not item then break end
+    local rec = {
+      tenant = tenant, cap = cap, weight = weight, turn = i,
+      tin = tonumber(redis.call('HGET', B .. 'tin', tenant) or '0'),
+      queued = redis.call('LLEN', B .. 'q:' .. tenant),
+    }
+    all[i] = rec
+    if cap == 0 or rec.tin < cap then heap_push(heap, rec) end
+  end
+  local turn = #ring
+  while inflight < win and #out < LIMIT and #heap > 0 do
+    local rec = heap_pop(heap)
+    local item = redis.call('LPOP', B .. 'q:' .. rec.tenant)
+    if item then
       redis.call('HDEL', B .. 'member', item)
-      redis.call('HSET', B .. 'inflight', item, tenant .. '|' .. stamp)
+      redis.call('HSET', B .. 'inflight', item, rec.tenant .. '|' .. stamp)
       out[#out + 1] = item
-      tin, inflight, deficit, sent, steps = tin + 1, inflight + 1, deficit - 1, sent + 1, steps + 1
-    end
-    if sent > 0 then
-      redis.call('HSET', B .. 'tin', tenant, tin)
-      idle = 0
+      inflight, turn = inflight + 1, turn + 1
+      rec.tin, rec.queued, rec.turn, rec.served = rec.tin + 1, rec.queued - 1, turn, true
+      if rec.queued > 0 and (rec.cap == 0 or rec.tin < rec.cap) then heap_push(heap, rec) end
     else
-      steps = steps + 1
+      rec.queued = 0
     end
-    if redis.call('LLEN', q) == 0 then
-      -- empty queue: leave the ring with the credit (the ring shrank, so not idle)
-      redis.call('LPOP', B .. 'ring')
-      redis.call('HDEL', B .. 'deficit', tenant)
-    elseif deficit > 0 and (cap == 0 or tin < cap) then
-      -- stopped by the window or the step limit: the visit resumes next pick
-      redis.call('HSET', B .. 'deficit', tenant, deficit)
-    else
-      -- credit spent or at the cap (a capped tenant accrues nothing): next tenant's turn
-      redis.call('HDEL', B .. 'deficit', tenant)
-      redis.call('LMOVE', B .. 'ring', B .. 'ring', 'LEFT', 'RIGHT')
-      if sent == 0 then idle = idle + 1 end
-    end
+  end
+  if #out == 0 then return out end
+  -- Served tenants go behind the others, in the order served; emptied ones leave the ring.
+  table.sort(all, function(a, b) return a.turn < b.turn end)
+  redis.call('DEL', B .. 'ring')
+  for _, rec in ipairs(all) do
+    if rec.served then redis.call('HSET', B .. 'tin', rec.tenant, rec.tin) end
+    if rec.queued > 0 then redis.call('RPUSH', B .. 'ring', rec.tenant) end
   end
   return out
 end
@@ -218,7 +254,6 @@ else
     redis.call('LREM', B .. 'q:' .. tenant, 1, item)
     if redis.call('LLEN', B .. 'q:' .. tenant) == 0 then
       redis.call('LREM', B .. 'ring', 1, tenant)
-      redis.call('HDEL', B .. 'deficit', tenant)
       forget_if_idle(tenant)
     end
   end
@@ -371,7 +406,6 @@ class _PoolState:
     inflight: dict[str, tuple[str, float]] = field(default_factory=dict)  # item -> tenant, at
     tin: dict[str, int] = field(default_factory=dict)  # tenant -> items in flight
     conf: dict[str, tuple[int, int]] = field(default_factory=dict)  # tenant -> cap, weight
-    deficit: dict[str, int] = field(default_factory=dict)
     workers: dict[str, tuple[int, float]] = field(default_factory=dict)  # capacity, expires
 
 
@@ -403,50 +437,38 @@ class MemoryFairDispatcher:
     def _pick(self, p: _PoolState) -> list[str]:
         out: list[str] = []
         win = self._window(p)
+        if len(p.inflight) >= win or not p.ring:
+            return out
         stamp = time.time()
-        idle = steps = 0
-        while len(p.inflight) < win and steps < PICK_LIMIT:
-            # a whole rotation without progress: everyone left is at their cap
-            if not p.ring or idle >= len(p.ring):
-                break
-            tenant = p.ring[0]
-            queue = p.queues[tenant]
-            cap, weight = p.conf.get(tenant, (0, 1))
-            tin = p.tin.get(tenant, 0)
-            # no credit left means a new visit; credit left means the window cut it short
-            deficit = p.deficit.get(tenant, 0) or weight
-            sent = 0
-            while (
-                deficit > 0
-                and queue
-                and len(p.inflight) < win
-                and steps < PICK_LIMIT
-                and (cap == 0 or tin < cap)
-            ):
-                item = queue.popleft()
-                del p.member[item]
-                p.inflight[item] = (tenant, stamp)
-                out.append(item)
-                tin, deficit, sent, steps = tin + 1, deficit - 1, sent + 1, steps + 1
-            if sent:
-                p.tin[tenant] = tin
-                idle = 0
-            else:
-                steps += 1
-            if not queue:
-                # empty queue: leave the ring with the credit (the ring shrank, so not idle)
-                p.ring.popleft()
+        tin = {tenant: p.tin.get(tenant, 0) for tenant in p.ring}
+        turn = {tenant: i for i, tenant in enumerate(p.ring)}
+        next_turn = len(p.ring)
+
+        def eligible(tenant: str) -> bool:
+            cap = p.conf.get(tenant, (0, 1))[0]
+            return bool(p.queues[tenant]) and (cap == 0 or tin[tenant] < cap)
+
+        def key(tenant: str) -> tuple[float, int, str]:
+            return (tin[tenant] / p.conf.get(tenant, (0, 1))[1], turn[tenant], tenant)
+
+        heap = [key(tenant) for tenant in p.ring if eligible(tenant)]
+        heapq.heapify(heap)
+        while heap and len(p.inflight) < win and len(out) < PICK_LIMIT:
+            tenant = heapq.heappop(heap)[2]
+            item = p.queues[tenant].popleft()
+            del p.member[item]
+            p.inflight[item] = (tenant, stamp)
+            out.append(item)
+            tin[tenant] += 1
+            p.tin[tenant] = tin[tenant]
+            turn[tenant], next_turn = next_turn, next_turn + 1
+            if eligible(tenant):
+                heapq.heappush(heap, key(tenant))
+        # Served tenants go behind the others, in the order served; emptied ones leave.
+        for tenant in p.ring:
+            if not p.queues[tenant]:
                 del p.queues[tenant]
-                p.deficit.pop(tenant, None)
-            elif deficit > 0 and (cap == 0 or tin < cap):
-                # stopped by the window or the step limit: the visit resumes next pick
-                p.deficit[tenant] = deficit
-            else:
-                # credit spent or at the cap (a capped tenant accrues nothing): next turn
-                p.deficit.pop(tenant, None)
-                p.ring.rotate(-1)
-                if not sent:
-                    idle += 1
+        p.ring = deque(sorted((t for t in p.ring if t in p.queues), key=turn.__getitem__))
         return out
 
     def submit(
@@ -479,7 +501,6 @@ class MemoryFairDispatcher:
                 queue.remove(item)
                 if not queue:
                     p.ring.remove(tenant)
-                    p.deficit.pop(tenant, None)
                     self._forget_if_idle(p, tenant)
             return self._pick(p)
 
