@@ -527,12 +527,18 @@ def schedule(rate: float, duration: float, rng: random.Random, poisson: bool) ->
     return out
 
 
-def create_tenants(stack: Stack, names: Sequence[tuple[str, bool]]) -> list[Tenant]:
-    """Tenants (name, quiet) with an API key each; the cap is read back from the stack."""
+def create_tenants(
+    stack: Stack, names: Sequence[tuple[str, bool]], caps: dict[str, int] | None = None
+) -> list[Tenant]:
+    """Tenants (name, quiet) with an API key each, ``caps`` overriding the deployment's
+    concurrent_calls for some (an admin PATCH, as an operator would); the cap is read back
+    from the stack."""
     tenants: list[Tenant] = []
     with PodiumClient(stack.url, stack.env["PODIUM_ADMIN_KEY"]) as admin:
         for name, quiet in names:
             created = admin.create_tenant(f"fair-{name}-{secrets.token_hex(3)}")
+            if caps and name in caps:
+                admin.set_limits(created["id"], concurrent_calls=caps[name])
             key = admin.create_key(created["id"])["key"]
             with PodiumClient(stack.url, key) as client:
                 cap = int(client.usage()["concurrent_calls"]["limit"])
@@ -924,7 +930,7 @@ def separate_noise_stack(
     with podium_stack(workers, tenant_calls, processes) as (side, pg_url):
         engine = create_engine(pg_url, pool_size=2)
         try:
-            (noisy,) = create_tenants(side, [("noisy", False)])
+            (noisy,) = create_tenants(side, [("noisy", False)], {"noisy": cap})
             if noisy.cap != cap:
                 raise RuntimeError(f"noise stack cap {noisy.cap} != main stack cap {cap}")
             warm = [Arrival(noisy, off) for off in warm_offsets]
@@ -952,6 +958,11 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=500.0)
     parser.add_argument("--workers", type=int, default=8, help="agent-worker slots (W)")
     parser.add_argument("--tenant-calls", type=int, help="per-tenant cap (default W/2)")
+    parser.add_argument(
+        "--noisy-calls",
+        type=int,
+        help="the noisy tenant's own cap (PATCH /v1/tenants), e.g. to keep slots in reserve",
+    )
     parser.add_argument(
         "--processes",
         type=parse_processes,
@@ -1001,6 +1012,7 @@ def main() -> int:
         "latency_ms": args.latency_ms,
         "workers": args.workers,
         "tenant_concurrent_calls": tenant_calls,
+        "noisy_concurrent_calls": args.noisy_calls,
         "capacity_calls_per_s": args.workers / latency_s,
         "arrivals": args.arrivals,
         "seed": args.seed,
@@ -1053,7 +1065,8 @@ def bench(
         engine = create_engine(pg_url, pool_size=2)
         try:
             names = [(f"quiet{i + 1}", True) for i in range(args.quiet_tenants)]
-            tenants = create_tenants(stack, [*names, ("noisy", False)])
+            noisy_cap = {"noisy": args.noisy_calls} if args.noisy_calls is not None else None
+            tenants = create_tenants(stack, [*names, ("noisy", False)], noisy_cap)
             quiet_t = [t for t in tenants if t.quiet]
             noisy = tenants[-1]
             log(f"tenants: {[(t.name, t.cap) for t in tenants]}")
