@@ -4,11 +4,12 @@ Per agent pool, items ("call_id:run_id", opaque here) are queued per tenant and 
 for dispatch under two limits: a global window (the summed capacity of the pool's live
 workers, ``default_window`` while none has registered) and a per-tenant in-flight cap.
 Across tenants, a free slot goes to the tenant with the fewest items in flight per unit of
-weight (max-min fair shares of the window); ties go to the tenant served longest ago, a
-ring that persists between calls, so equal tenants alternate and no tenant gains from call
-order. Deficit round robin, which this replaced, served the ring in turn whatever each
-tenant held: a noisy tenant one slot below its cap got every other freed slot while quiet
-tenants' calls waited.
+weight (max-min fair shares of the window); ties go to the tenant that has waited longest
+since it was last served or started waiting. Turns persist between calls, so equal tenants
+alternate and no tenant gains from call order. Deficit round robin, which this replaced,
+served a ring in turn whatever each tenant held: a noisy tenant one slot below its cap got
+every other freed slot while quiet tenants' calls waited. On Redis the next tenant is the
+head of a sorted set, so a pick costs O(log tenants), however many tenants wait.
 
 Every operation that frees or adds work also picks, and returns the items the caller must
 dispatch now; nothing else ever dispatches, so an item is handed out exactly once.
@@ -19,7 +20,6 @@ processes, on the Redis server's clock) and memory (a lock; the embedded mode).
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from collections import deque
@@ -132,84 +132,68 @@ local function forget_if_idle(tenant)
   if redis.call('HEXISTS', B .. 'tin', tenant) == 0 then redis.call('HDEL', B .. 'conf', tenant) end
 end
 
--- Binary min-heap of tenant records, ordered by items in flight per unit of weight, then by
--- turn (the ring order: whoever was served longest ago goes first).
-local function before(a, b)
-  local x, y = a.tin / a.weight, b.tin / b.weight
-  if x ~= y then return x < y end
-  return a.turn < b.turn
+-- Tenants with queued items have a turn (a counter value: lower = served longer ago). Those
+-- that may take a slot now (below their cap) sit in the sorted set 'elig', scored by items in
+-- flight per unit of weight; equal scores sort by member, '<16-digit turn>|tenant', so by
+-- turn. The head of 'elig' is therefore the next tenant to serve, found in O(log n).
+local function entry(turn, tenant)
+  return string.format('%016d', tonumber(turn)) .. '|' .. tenant
 end
 
-local function heap_push(h, v)
-  h[#h + 1] = v
-  local i = #h
-  while i > 1 do
-    local up = math.floor(i / 2)
-    if not before(h[i], h[up]) then break end
-    h[i], h[up] = h[up], h[i]
-    i = up
+-- File the tenant again after its queue, its items in flight or its limits changed.
+local function refile(tenant)
+  local turn = redis.call('HGET', B .. 'turn', tenant)
+  if redis.call('LLEN', B .. 'q:' .. tenant) == 0 then
+    if turn then
+      redis.call('ZREM', B .. 'elig', entry(turn, tenant))
+      redis.call('HDEL', B .. 'turn', tenant)
+    end
+    return
+  end
+  if not turn then
+    -- joins behind every tenant already waiting
+    turn = redis.call('INCR', B .. 'seq')
+    redis.call('HSET', B .. 'turn', tenant, turn)
+  end
+  local cap, weight = conf(tenant)
+  local tin = tonumber(redis.call('HGET', B .. 'tin', tenant) or '0')
+  if cap == 0 or tin < cap then
+    redis.call('ZADD', B .. 'elig', string.format('%.17g', tin / weight), entry(turn, tenant))
+  else
+    redis.call('ZREM', B .. 'elig', entry(turn, tenant))  -- at its cap: keeps its turn
   end
 end
 
-local function heap_pop(h)
-  local top, n = h[1], #h
-  h[1] = h[n]
-  h[n] = nil
-  n = n - 1
-  local i = 1
-  while true do
-    local l, r, m = 2 * i, 2 * i + 1, i
-    if l <= n and before(h[l], h[m]) then m = l end
-    if r <= n and before(h[r], h[m]) then m = r end
-    if m == i then break end
-    h[i], h[m] = h[m], h[i]
-    i = m
-  end
-  return top
+-- State left by the round-robin version (a 'ring' list of tenants) is converted once.
+local function migrate()
+  if redis.call('EXISTS', B .. 'ring') == 0 then return end
+  local ring = redis.call('LRANGE', B .. 'ring', 0, -1)
+  redis.call('DEL', B .. 'ring', B .. 'deficit')
+  for _, tenant in ipairs(ring) do refile(tenant) end
 end
 
 local function pick()
   local out = {}
   local win = window()
   local inflight = redis.call('HLEN', B .. 'inflight')
-  if inflight >= win then return out end
-  local ring = redis.call('LRANGE', B .. 'ring', 0, -1)
-  if #ring == 0 then return out end
   local t = redis.call('TIME')
   local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  local heap, all = {}, {}
-  for i, tenant in ipairs(ring) do
-    local cap, weight = conf(tenant)
-    local rec = {
-      tenant = tenant, cap = cap, weight = weight, turn = i,
-      tin = tonumber(redis.call('HGET', B .. 'tin', tenant) or '0'),
-      queued = redis.call('LLEN', B .. 'q:' .. tenant),
-    }
-    all[i] = rec
-    if cap == 0 or rec.tin < cap then heap_push(heap, rec) end
-  end
-  local turn = #ring
-  while inflight < win and #out < LIMIT and #heap > 0 do
-    local rec = heap_pop(heap)
-    local item = redis.call('LPOP', B .. 'q:' .. rec.tenant)
+  while inflight < win and #out < LIMIT do
+    local head = redis.call('ZRANGE', B .. 'elig', 0, 0)
+    if #head == 0 then break end
+    local tenant = string.match(head[1], '^%d+|(.*)$')
+    redis.call('ZREM', B .. 'elig', head[1])
+    local item = redis.call('LPOP', B .. 'q:' .. tenant)
     if item then
       redis.call('HDEL', B .. 'member', item)
-      redis.call('HSET', B .. 'inflight', item, rec.tenant .. '|' .. stamp)
+      redis.call('HSET', B .. 'inflight', item, tenant .. '|' .. stamp)
+      redis.call('HINCRBY', B .. 'tin', tenant, 1)
+      -- served: behind every other waiting tenant for ties
+      redis.call('HSET', B .. 'turn', tenant, redis.call('INCR', B .. 'seq'))
       out[#out + 1] = item
-      inflight, turn = inflight + 1, turn + 1
-      rec.tin, rec.queued, rec.turn, rec.served = rec.tin + 1, rec.queued - 1, turn, true
-      if rec.queued > 0 and (rec.cap == 0 or rec.tin < rec.cap) then heap_push(heap, rec) end
-    else
-      rec.queued = 0
+      inflight = inflight + 1
     end
-  end
-  if #out == 0 then return out end
-  -- Served tenants go behind the others, in the order served; emptied ones leave the ring.
-  table.sort(all, function(a, b) return a.turn < b.turn end)
-  redis.call('DEL', B .. 'ring')
-  for _, rec in ipairs(all) do
-    if rec.served then redis.call('HSET', B .. 'tin', rec.tenant, rec.tin) end
-    if rec.queued > 0 then redis.call('RPUSH', B .. 'ring', rec.tenant) end
+    refile(tenant)
   end
   return out
 end
@@ -219,17 +203,16 @@ end
 _SUBMIT = (
     _LIB
     + """
+migrate()
 local tenant, item = ARGV[4], ARGV[5]
 redis.call('HSET', B .. 'conf', tenant, ARGV[6] .. '|' .. ARGV[7])
 local known = redis.call('HEXISTS', B .. 'inflight', item)
 known = known + redis.call('HEXISTS', B .. 'member', item)
 if known == 0 then
   redis.call('HSET', B .. 'member', item, tenant)
-  -- the queue was empty, so the tenant was not in the ring: join at the tail
-  if redis.call('RPUSH', B .. 'q:' .. tenant, item) == 1 then
-    redis.call('RPUSH', B .. 'ring', tenant)
-  end
+  redis.call('RPUSH', B .. 'q:' .. tenant, item)
 end
+refile(tenant)  -- also when only the cap or weight changed
 return pick()
 """
 )
@@ -238,6 +221,7 @@ return pick()
 _COMPLETE = (
     _LIB
     + """
+migrate()
 local item = ARGV[4]
 local v = redis.call('HGET', B .. 'inflight', item)
 if v then
@@ -245,29 +229,29 @@ if v then
   redis.call('HDEL', B .. 'inflight', item)
   if redis.call('HINCRBY', B .. 'tin', tenant, -1) <= 0 then
     redis.call('HDEL', B .. 'tin', tenant)
-    forget_if_idle(tenant)
   end
+  refile(tenant)
+  forget_if_idle(tenant)
 else
   local tenant = redis.call('HGET', B .. 'member', item)
   if tenant then
     redis.call('HDEL', B .. 'member', item)
     redis.call('LREM', B .. 'q:' .. tenant, 1, item)
-    if redis.call('LLEN', B .. 'q:' .. tenant) == 0 then
-      redis.call('LREM', B .. 'ring', 1, tenant)
-      forget_if_idle(tenant)
-    end
+    refile(tenant)
+    forget_if_idle(tenant)
   end
 end
 return pick()
 """
 )
 
-_PICK = _LIB + "\nreturn pick()\n"
+_PICK = _LIB + "\nmigrate()\nreturn pick()\n"
 
 # ARGV[4..6]: worker id, capacity, ttl in ms (<= 0 withdraws the worker).
 _REGISTER = (
     _LIB
     + """
+migrate()
 local ttl = tonumber(ARGV[6])
 if ttl > 0 then
   redis.call('HSET', B .. 'workers', ARGV[4], ARGV[5] .. '|' .. (now_ms() + ttl))
@@ -282,9 +266,10 @@ return pick()
 _SNAPSHOT = (
     _LIB
     + """
+migrate()
 local out = {window(), redis.call('HLEN', B .. 'inflight')}
 local seen = {}
-local tenants = redis.call('LRANGE', B .. 'ring', 0, -1)
+local tenants = redis.call('HKEYS', B .. 'turn')
 local tin = redis.call('HKEYS', B .. 'tin')
 for i = 1, #tin do tenants[#tenants + 1] = tin[i] end
 for _, tenant in ipairs(tenants) do
@@ -400,7 +385,8 @@ class RedisFairDispatcher:
 
 @dataclass
 class _PoolState:
-    ring: deque[str] = field(default_factory=deque)  # tenants with queued items; head's turn
+    turn: dict[str, int] = field(default_factory=dict)  # tenants with queued items -> turn
+    seq: int = 0  # the last turn given out
     queues: dict[str, deque[str]] = field(default_factory=dict)
     member: dict[str, str] = field(default_factory=dict)  # queued item -> tenant
     inflight: dict[str, tuple[str, float]] = field(default_factory=dict)  # item -> tenant, at
@@ -434,41 +420,40 @@ class MemoryFairDispatcher:
             p.queues.pop(tenant, None)
             p.conf.pop(tenant, None)
 
+    def _next_tenant(self, p: _PoolState) -> str | None:
+        """The eligible tenant with the fewest in flight per weight, then the oldest turn. A
+        scan: the embedded mode serves few tenants (Redis keeps a sorted set instead)."""
+        best: tuple[float, int] | None = None
+        chosen = None
+        for tenant, turn in p.turn.items():
+            cap, weight = p.conf.get(tenant, (0, 1))
+            tin = p.tin.get(tenant, 0)
+            if cap and tin >= cap:
+                continue
+            key = (tin / weight, turn)
+            if best is None or key < best:
+                best, chosen = key, tenant
+        return chosen
+
     def _pick(self, p: _PoolState) -> list[str]:
         out: list[str] = []
         win = self._window(p)
-        if len(p.inflight) >= win or not p.ring:
-            return out
         stamp = time.time()
-        tin = {tenant: p.tin.get(tenant, 0) for tenant in p.ring}
-        turn = {tenant: i for i, tenant in enumerate(p.ring)}
-        next_turn = len(p.ring)
-
-        def eligible(tenant: str) -> bool:
-            cap = p.conf.get(tenant, (0, 1))[0]
-            return bool(p.queues[tenant]) and (cap == 0 or tin[tenant] < cap)
-
-        def key(tenant: str) -> tuple[float, int, str]:
-            return (tin[tenant] / p.conf.get(tenant, (0, 1))[1], turn[tenant], tenant)
-
-        heap = [key(tenant) for tenant in p.ring if eligible(tenant)]
-        heapq.heapify(heap)
-        while heap and len(p.inflight) < win and len(out) < PICK_LIMIT:
-            tenant = heapq.heappop(heap)[2]
-            item = p.queues[tenant].popleft()
+        while len(p.inflight) < win and len(out) < PICK_LIMIT:
+            tenant = self._next_tenant(p)
+            if tenant is None:
+                break
+            queue = p.queues[tenant]
+            item = queue.popleft()
             del p.member[item]
             p.inflight[item] = (tenant, stamp)
+            p.tin[tenant] = p.tin.get(tenant, 0) + 1
             out.append(item)
-            tin[tenant] += 1
-            p.tin[tenant] = tin[tenant]
-            turn[tenant], next_turn = next_turn, next_turn + 1
-            if eligible(tenant):
-                heapq.heappush(heap, key(tenant))
-        # Served tenants go behind the others, in the order served; emptied ones leave.
-        for tenant in p.ring:
-            if not p.queues[tenant]:
-                del p.queues[tenant]
-        p.ring = deque(sorted((t for t in p.ring if t in p.queues), key=turn.__getitem__))
+            if queue:
+                p.seq += 1
+                p.turn[tenant] = p.seq  # served: behind every other waiting tenant for ties
+            else:
+                del p.turn[tenant], p.queues[tenant]
         return out
 
     def submit(
@@ -482,7 +467,8 @@ class MemoryFairDispatcher:
                 p.member[item] = tenant_id
                 queue = p.queues.setdefault(tenant_id, deque())
                 if not queue:
-                    p.ring.append(tenant_id)
+                    p.seq += 1
+                    p.turn[tenant_id] = p.seq  # joins behind every tenant already waiting
                 queue.append(item)
             return self._pick(p)
 
@@ -500,7 +486,7 @@ class MemoryFairDispatcher:
                 queue = p.queues[tenant]
                 queue.remove(item)
                 if not queue:
-                    p.ring.remove(tenant)
+                    del p.turn[tenant]
                     self._forget_if_idle(p, tenant)
             return self._pick(p)
 
@@ -544,7 +530,7 @@ class MemoryFairDispatcher:
         with self._lock:
             p = self._pool(pool)
             tenants: dict[str, dict[str, int]] = {}
-            for tenant in [*p.ring, *p.tin]:
+            for tenant in [*p.turn, *p.tin]:
                 cap, weight = p.conf.get(tenant, (0, 1))
                 tenants[tenant] = {
                     "queued": len(p.queues.get(tenant, ())),
