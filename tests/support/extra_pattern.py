@@ -1,6 +1,10 @@
-"""A seventh pattern, added by configuration plus this one small class (DESIGN §3)."""
+"""A seventh pattern, added by configuration plus this one small class (the pattern protocol
+in podium_orchestrator.patterns.base)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from podium_orchestrator.patterns.base import (
     Action,
@@ -9,17 +13,24 @@ from podium_orchestrator.patterns.base import (
     RunView,
     Wait,
     failure_of,
-    is_failed,
+    no_team,
 )
 
 
 class SecondOpinionPattern:
     name = "second_opinion"
+    control_tools: tuple[str, ...] = ()
+
+    def accepts(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str | None:
+        return no_team(self.name, agent, team)
+
+    def expected(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str:
+        return f"'{agent}' answers and '{options.get('second')}' gives a second opinion"
 
     def next_actions(self, view: RunView) -> list[Action]:
         if view.in_flight():
             return [Wait()]
-        failed = next((c for c in view.calls if is_failed(c)), None)
+        failed = next((c for c in view.calls if c.failed), None)
         if failed is not None:
             return [failure_of(failed)]
         first = view.by_role("answer")

@@ -63,6 +63,23 @@ class ExecuteAgentCall(Message):
     run_id: str
 
 
+class SubmitAgentCall(Message):
+    """A new agent call for the fair dispatcher, which releases it to its pool (as
+    ExecuteAgentCall) in its tenant's turn. Staged in the outbox with the call and relayed to
+    the dispatcher, never to a queue."""
+
+    TASK: ClassVar[TaskName] = TaskName.SUBMIT_AGENT_CALL
+
+    type: Literal["submit_agent_call"] = "submit_agent_call"
+    schema_version: Literal[1] = 1
+    call_id: str
+    run_id: str
+    tenant_id: str
+    pool: str
+    # The tenant's concurrent calls cap (0: none) when the call was made.
+    tenant_cap: int = Field(ge=0)
+
+
 class RunCompleted(Message):
     """A run reached a terminal state; the learner writes its post-mortem."""
 

@@ -1,7 +1,10 @@
-"""Transactional outbox (DESIGN §6): a message to another service is written in the same
-transaction as the state change that caused it, published right after the commit, and
-re-published by a periodic sweep if that publish did not happen (crash, broker outage).
-Delivery is therefore at-least-once; consumers deduplicate by message id.
+"""Transactional outbox (docs/architecture.md, "Messages"): a message to another service is
+written in the same transaction as the state change that caused it, published right after the
+commit, and re-published by a periodic sweep if that publish did not happen (crash, broker
+outage). Delivery is therefore at-least-once; consumers deduplicate by message id.
+
+A new agent call's ``SubmitAgentCall`` is relayed to the fair dispatcher rather than to a
+queue (``podium.call_queue``); submitting twice is a no-op there.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +20,10 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from podium.messages import Message
+from podium import call_queue
+from podium.fair_dispatch import FairDispatcher
+from podium.messages import Message, SubmitAgentCall
+from podium.queues import TaskName
 from podium.store.db import Database
 from podium.store.models import OutboxMessage, utcnow
 
@@ -39,9 +46,10 @@ MARK_EVERY_S = 0.1
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, celery: Celery) -> None:
+    def __init__(self, db: Database, celery: Celery, fair: Callable[[], FairDispatcher]) -> None:
         self.db = db
         self.celery = celery
+        self._fair = fair
         # Published ids are marked in batches by one thread: one UPDATE per 100 ms instead
         # of a transaction per commit. A mark lost in a crash only means the sweep sends
         # the message again, which every consumer deduplicates.
@@ -51,6 +59,10 @@ class OutboxRelay:
         self._wake = threading.Event()
 
     def _send(self, task: str, queue: str, payload: dict[str, Any]) -> None:
+        if task == TaskName.SUBMIT_AGENT_CALL.value:
+            message = SubmitAgentCall.model_validate(payload)
+            call_queue.submit(self._fair(), self.celery, message)
+            return
         self.celery.send_task(task, args=[payload], queue=queue, task_id=payload.get("id"))
 
     def publish(self, rows: list[OutboxMessage]) -> int:

@@ -16,6 +16,8 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     ADVANCE_RUN = "podium.orchestrator.advance_run"
     EXECUTE_AGENT_CALL = "podium.agent_worker.execute_call"
+    # Not a queue's task: the outbox hands these to the fair dispatcher (podium.call_queue).
+    SUBMIT_AGENT_CALL = "podium.fair_dispatch.submit_call"
     RUN_COMPLETED = "podium.learner.run_completed"
     FEEDBACK_RECEIVED = "podium.learner.feedback_received"
     APPLY_RETENTION = "podium.learner.apply_retention"

@@ -59,7 +59,7 @@ class Runtime:
         self.db = db or Database(settings)
         self.events = events or make_event_stream(settings)
         self.celery = celery or make_celery(settings, name)
-        self.relay = OutboxRelay(self.db, self.celery)
+        self.relay = OutboxRelay(self.db, self.celery, lambda: self.fair)
         # Leases of running agent calls (see podium.events); connects on first use.
         self.leases = leases or make_call_leases(settings)
         self._quotas = quotas

@@ -9,7 +9,7 @@ import os
 import socket
 import threading
 
-from podium.call_dispatch import send_calls
+from podium.call_queue import send_released
 from podium.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def capacity_loop(runtime: Runtime, stop: threading.Event) -> None:
                 released = runtime.fair.register_worker(
                     pool, worker_id, runtime.slots, ANNOUNCE_TTL_S
                 )
-                send_calls(runtime, pool, released)
+                send_released(runtime.celery, pool, released)
             except Exception as exc:  # Redis down: the window falls back to the default
                 log.warning("could not announce worker capacity: %s", exc)
         if stop.wait(ANNOUNCE_EVERY_S):

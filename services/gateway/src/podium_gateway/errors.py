@@ -1,4 +1,5 @@
-"""JSON errors shaped as DESIGN §5: ``{"error": {"code", "message", ...}}``."""
+"""JSON errors, always ``{"error": {"code", "message", ...}}`` (docs/architecture.md,
+"HTTP API")."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from podium.lifecycle import TransitionError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
             error_body(exc.code, exc.message, **exc.extra), exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(TransitionError)
+    async def _transition(_request: Request, exc: TransitionError) -> JSONResponse:
+        # The state moved on (or the resource is not the tenant's): a defined answer.
+        retry = exc.details.get("retry_after_s")
+        headers = {"Retry-After": str(retry)} if retry else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, **exc.details), exc.status, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)

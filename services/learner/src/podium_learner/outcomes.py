@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import String, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
+from podium.decisions import Decision, DecisionSource
 from podium.learning import classify, is_good
 from podium.store import (
     AgentCall,
@@ -33,10 +34,10 @@ def upsert_outcome(session: Session, run: Run) -> RunOutcome:
     count, mean = session.execute(
         select(func.count(Feedback.id), func.avg(Feedback.rating)).where(Feedback.run_id == run.id)
     ).one()
-    overruled = session.scalars(
-        select(OrchestrationDecision.dimensions).where(
+    policy = session.scalars(
+        select(OrchestrationDecision).where(
             OrchestrationDecision.run_id == run.id,
-            OrchestrationDecision.source == "learned policy",
+            OrchestrationDecision.source == DecisionSource.POLICY.value,
         )
     ).first()
     latency = (run.finished_at - run.created_at).total_seconds() * 1000 if run.finished_at else 0.0
@@ -49,7 +50,7 @@ def upsert_outcome(session: Session, run: Run) -> RunOutcome:
         "mean_rating": float(mean) if mean is not None else None,
         "cost_usd": float(run.cost_usd or 0.0),
         "latency_ms": latency,
-        "overruled_from": (overruled or {}).get("overruled"),
+        "overruled_from": Decision.from_row(policy).dimensions.overruled if policy else None,
     }
     values["good"] = is_good(run.status, values["mean_rating"])
     if outcome is None:

@@ -1,4 +1,5 @@
-"""The Orchestrator agent: an LLM call that decides how a request is executed (DESIGN §3).
+"""The Orchestrator agent: an LLM call that decides how a request is executed
+(docs/architecture.md, "Decisions").
 
 It answers with tool calls (or, for providers without tools, with JSON of the same shape);
 every call carries a rationale. Whatever goes wrong — invalid output, a late answer, an
@@ -13,8 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from podium.decisions import AgentParameters, DecisionUsage, MergeMode
 from podium.learning import REQUEST_CLASSES
 from podium.llm import ChatMessage, ChatRequest, LLMProvider, ProviderError, ToolCall
+from podium.tools_catalog import BUILTIN_TOOLS
 from podium_orchestrator.tools import TOOL_NAMES, orchestrator_tools
 
 SYSTEM_PROMPT = """You are the Orchestrator of Podium, a platform that runs AI agents.
@@ -61,33 +66,32 @@ class DecisionInput:
     guidance: str = ""
 
 
-@dataclass
-class AgentDecision:
+@dataclass(frozen=True)
+class Proposal:
+    """What the Orchestrator agent's tool calls said, validated against the tenant's agents
+    and the patterns. The step turns it into a ``podium.decisions.Decision``."""
+
     pattern: str | None = None
     agent: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    team: list[str] = field(default_factory=list)
-    merge: str | None = None
+    parameters: AgentParameters = field(default_factory=AgentParameters)
+    team: tuple[str, ...] = ()
+    merge: MergeMode | None = None
     question: str | None = None
     finish: bool = False
     answer: str | None = None
     request_class: str | None = None
-    rationales: dict[str, str] = field(default_factory=dict)
+    rationales: tuple[tuple[str, str], ...] = ()
 
     @property
     def rationale(self) -> str:
-        return " ".join(f"[{tool}] {why}" for tool, why in self.rationales.items())
+        return " ".join(f"[{tool}] {why}" for tool, why in self.rationales)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecisionResult:
-    decision: AgentDecision | None
+    proposal: Proposal | None
     fallback_reason: str | None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_ms: float = 0.0
-    provider: str | None = None
-    model: str | None = None
+    usage: DecisionUsage = field(default_factory=DecisionUsage)
 
 
 def render_messages(inp: DecisionInput, *, with_json: bool) -> list[ChatMessage]:
@@ -146,6 +150,8 @@ class OrchestratorAgent:
     def decide(
         self, inp: DecisionInput, *, metadata: dict[str, Any] | None = None
     ) -> DecisionResult:
+        """One decision. Never raises for what the model or its provider did wrong: that is a
+        result without a proposal, with the reason to record."""
         with_json = not self.uses_tools
         request = ChatRequest(
             model=self.model,
@@ -160,16 +166,18 @@ class OrchestratorAgent:
         started = time.perf_counter()
 
         def outcome(
-            decision: AgentDecision | None, reason: str | None, tokens: tuple[int, int] = (0, 0)
+            proposal: Proposal | None, reason: str | None, tokens: tuple[int, int] = (0, 0)
         ) -> DecisionResult:
             return DecisionResult(
-                decision,
+                proposal,
                 reason[:200] if reason else None,
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                latency_ms=(time.perf_counter() - started) * 1000,
-                provider=self.provider.name,
-                model=self.model,
+                DecisionUsage(
+                    input_tokens=tokens[0],
+                    output_tokens=tokens[1],
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    provider=self.provider.name,
+                    model=self.model,
+                ),
             )
 
         try:
@@ -183,10 +191,10 @@ class OrchestratorAgent:
             return outcome(None, f"timeout: the decision took {elapsed_s * 1000:.0f} ms", tokens)
         try:
             calls = result.tool_calls or (parse_json_calls(result.content) if with_json else [])
-            decision = interpret(calls, inp)
+            proposal = interpret(calls, inp)
         except InvalidDecision as exc:
             return outcome(None, f"invalid_output: {exc}", tokens)
-        return outcome(decision, None, tokens)
+        return outcome(proposal, None, tokens)
 
 
 def parse_json_calls(content: str) -> list[ToolCall]:
@@ -219,67 +227,88 @@ def _text(args: dict[str, Any], key: str, tool: str) -> str:
     return value.strip()
 
 
-def interpret(calls: list[ToolCall], inp: DecisionInput) -> AgentDecision:
-    """Validate tool calls against the tenant's agents and the patterns, into one decision."""
+def interpret(calls: list[ToolCall], inp: DecisionInput) -> Proposal:
+    """Validate tool calls against the tenant's agents and the patterns, into one proposal."""
     if not calls:
         raise InvalidDecision("no tool was called")
-    decision = AgentDecision()
+    fields: dict[str, Any] = {}
+    rationales: dict[str, str] = {}
     for call in calls:
         if call.name not in TOOL_NAMES:
             raise InvalidDecision(f"unknown tool {call.name!r}")
         args = call.arguments
         if "_raw" in args:
             raise InvalidDecision(f"{call.name}: arguments are not valid JSON")
-        decision.rationales[call.name] = _text(args, "rationale", call.name)
+        rationales[call.name] = _text(args, "rationale", call.name)
         if call.name == "choose_pattern":
             pattern = _text(args, "pattern", call.name)
             if pattern not in inp.patterns:
                 raise InvalidDecision(f"unknown pattern {pattern!r}")
-            decision.pattern = pattern
+            fields["pattern"] = pattern
             # The class is a cheap by-product; a wrong one falls back to the rules, not the
             # whole decision.
             if args.get("request_class") in REQUEST_CLASSES:
-                decision.request_class = str(args["request_class"])
+                fields["request_class"] = str(args["request_class"])
         elif call.name == "route_to_agent":
             agent = _text(args, "agent", call.name)
             if agent not in inp.agents:
                 raise InvalidDecision(f"unknown agent {agent!r}")
-            decision.agent = agent
+            fields["agent"] = agent
         elif call.name == "set_agent_parameters":
-            decision.parameters = _parameters(args)
+            fields["parameters"] = _parameters(args)
         elif call.name == "compose_team":
-            members = args.get("members")
-            if not isinstance(members, list) or not members:
-                raise InvalidDecision("compose_team: 'members' must be a non-empty list")
-            unknown = [m for m in members if m not in inp.agents]
-            if unknown:
-                raise InvalidDecision(f"compose_team: unknown agents {unknown}")
-            decision.team = [str(m) for m in members][:8]
-            merge = args.get("merge")
-            if merge is not None and merge not in ("synthesizer", "vote", "concat"):
-                raise InvalidDecision(f"compose_team: unknown merge {merge!r}")
-            decision.merge = merge
+            fields.update(_team(args, inp))
         elif call.name == "ask_user":
-            decision.question = _text(args, "question", call.name)
+            fields["question"] = _text(args, "question", call.name)
         elif call.name == "finish":
-            decision.finish = True
+            fields["finish"] = True
             answer = args.get("answer")
-            decision.answer = answer if isinstance(answer, str) and answer.strip() else None
-    return decision
+            fields["answer"] = answer if isinstance(answer, str) and answer.strip() else None
+    return Proposal(rationales=tuple(rationales.items()), **fields)
 
 
-def _parameters(args: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    if "temperature" in args:
-        t = args["temperature"]
-        if not isinstance(t, int | float) or not 0 <= t <= 2:
-            raise InvalidDecision("set_agent_parameters: temperature must be within 0..2")
-        params["temperature"] = float(t)
-    if "max_output_tokens" in args:
-        n = args["max_output_tokens"]
-        if not isinstance(n, int) or not 16 <= n <= 32000:
-            raise InvalidDecision("set_agent_parameters: max_output_tokens must be 16..32000")
-        params["max_output_tokens"] = n
-    if "model" in args:
-        params["model"] = _text(args, "model", "set_agent_parameters")
-    return params
+def _team(args: dict[str, Any], inp: DecisionInput) -> dict[str, Any]:
+    members = args.get("members")
+    if not isinstance(members, list) or not members:
+        raise InvalidDecision("compose_team: 'members' must be a non-empty list")
+    unknown = [m for m in members if m not in inp.agents]
+    if unknown:
+        raise InvalidDecision(f"compose_team: unknown agents {unknown}")
+    if len(members) > 8:
+        raise InvalidDecision("compose_team: at most 8 members")
+    merge = args.get("merge")
+    if merge is not None and merge not in [m.value for m in MergeMode]:
+        raise InvalidDecision(f"compose_team: unknown merge {merge!r}")
+    return {
+        "team": tuple(str(m) for m in members),
+        "merge": MergeMode(merge) if merge is not None else None,
+    }
+
+
+def _parameters(args: dict[str, Any]) -> AgentParameters:
+    known = {"model", "temperature", "max_output_tokens", "tools", "rationale"}
+    extra = sorted(set(args) - known)
+    if extra:
+        raise InvalidDecision(f"set_agent_parameters: unknown arguments {extra}")
+    tools = args.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise InvalidDecision("set_agent_parameters: 'tools' must be a list of tool names")
+        unknown = [t for t in tools if t not in BUILTIN_TOOLS]
+        if unknown:
+            raise InvalidDecision(f"set_agent_parameters: unknown tools {unknown}")
+    temperature = args.get("temperature")
+    if isinstance(temperature, bool):
+        raise InvalidDecision("set_agent_parameters: temperature must be a number within 0..2")
+    try:
+        return AgentParameters(
+            model=args.get("model"),
+            temperature=temperature,
+            max_output_tokens=args.get("max_output_tokens"),
+            tools=tuple(dict.fromkeys(tools)) if tools is not None else None,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidDecision(f"set_agent_parameters: {problems}") from exc

@@ -1,46 +1,38 @@
-"""Guards (DESIGN §3): deadline, token/cost/iteration caps, and the bookkeeping of every hit.
-Delegation depth and handoff ping-pong are checked where those happen (control.py)."""
+"""Guards (docs/architecture.md, "Guards"): the deadline and the token, cost and iteration
+caps of a run. Delegation depth is checked in delegation.py, handoff ping-pong by the handoff
+pattern. Every hit is recorded on the run and counted (GUARD_HITS, after the step applied)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from podium.metrics import GUARD_HITS
-from podium.store import Run, RunStatus, utcnow
-
-Emit = Callable[..., None]
+from podium.lifecycle import RunState
+from podium.store import RunStatus, utcnow
 
 
-def deadline_passed(run: Run) -> bool:
+def deadline_passed(run: RunState) -> bool:
     # Time spent waiting for the user or for a budget decision does not count against it.
     if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING) or run.deadline_at is None:
         return False
     return utcnow() > run.deadline_at
 
 
-def caps_exceeded(run: Run, usage: dict[str, float], calls_after: int) -> tuple[str, str] | None:
+def caps_exceeded(
+    run: RunState, tokens: float, cost_usd: float, calls_after: int
+) -> tuple[str, str] | None:
     """The cap a new dispatch would break, if any: (guard, detail)."""
-    limits = run.limits or {}
-    tokens = limits.get("tokens")
-    if tokens is not None and usage["tokens"] >= tokens:
-        return "token_cap", f"{int(usage['tokens'])} tokens used, cap {int(tokens)}"
-    cost = limits.get("cost_usd")
-    if cost is not None and usage["cost_usd"] >= cost:
-        return "cost_cap", f"${usage['cost_usd']:.4f} spent, cap ${cost:.4f}"
-    iterations = limits.get("iterations")
-    if iterations is not None and calls_after > iterations:
-        return (
-            "iteration_cap",
-            f"{calls_after} agent calls would exceed the cap of {int(iterations)}",
-        )
+    limits = run.limits
+    cap = limits.get("tokens")
+    if cap is not None and tokens >= cap:
+        return "token_cap", f"{int(tokens)} tokens used, cap {int(cap)}"
+    cap = limits.get("cost_usd")
+    if cap is not None and cost_usd >= cap:
+        return "cost_cap", f"${cost_usd:.4f} spent, cap ${cap:.4f}"
+    cap = limits.get("iterations")
+    if cap is not None and calls_after > cap:
+        return "iteration_cap", f"{calls_after} agent calls would exceed the cap of {int(cap)}"
     return None
 
 
-def record_guard(run: Run, guard: str, detail: str, emit: Emit, **extra: Any) -> None:
-    run.guards = [
-        *(run.guards or []),
-        {"guard": guard, "detail": detail, "at": utcnow().isoformat(), **extra},
-    ]
-    GUARD_HITS.labels(guard).inc()
-    emit("guard", guard=guard, detail=detail)
+def guard_record(guard: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"guard": guard, "detail": detail, "at": utcnow().isoformat(), **extra}

@@ -1,18 +1,14 @@
-"""What the learner's statistics say at decision time (DESIGN §4): guidance text for the
-Orchestrator agent's prompt, and the learned policy that overrules a pattern with a
-demonstrated poor record (enough samples, lower credible bound under the threshold) in favour
-of the best-recorded alternative."""
+"""What the learner's statistics say at decision time (docs/architecture.md, "Learning"):
+guidance text for the Orchestrator agent's prompt, and the learned policy that overrules a
+pattern with a demonstrated poor record (enough samples, lower credible bound under the
+threshold) in favour of the best-recorded alternative."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from podium.learning import Posterior
-from podium.store import LearningStat, PostMortem, RunOutcome
 
 MAX_LESSONS = 3
 
@@ -24,51 +20,38 @@ class Overrule:
     rationale: str
 
 
-def class_stats(session: Session, tenant_id: str, request_class: str) -> list[LearningStat]:
-    return list(
-        session.scalars(
-            select(LearningStat)
-            .where(LearningStat.tenant_id == tenant_id, LearningStat.request_class == request_class)
-            .order_by(LearningStat.dimension, LearningStat.value)
-        )
-    )
+@dataclass(frozen=True)
+class Stat:
+    """The learner's record of one pattern or agent for a tenant and request class."""
+
+    dimension: str  # "pattern" or "agent"
+    value: str
+    good: int
+    samples: int
+    mean_rating: float | None = None
 
 
-def _line(stat: LearningStat) -> str:
+def _line(stat: Stat) -> str:
     post = Posterior(stat.good, stat.samples)
     rating = f", mean rating {stat.mean_rating:.1f}" if stat.mean_rating is not None else ""
     record = f"{stat.good}/{stat.samples} good (lower bound {post.lower_bound:.2f})"
     return f"{stat.dimension} {stat.value}: {record}{rating}"
 
 
-def guidance(
-    session: Session, tenant_id: str, request_class: str, stats: list[LearningStat]
-) -> str:
+def guidance_text(request_class: str, stats: list[Stat], lessons: list[str]) -> str:
     """A few lines for the prompt: the record of each pattern and agent for this class, and
     the newest lessons of post-mortems of this class."""
     if not stats:
         return ""
     lines = [f"For {request_class} requests:"] + [f"- {_line(s)}" for s in stats[:12]]
-    lessons = session.scalars(
-        select(PostMortem.review)
-        .join(RunOutcome, RunOutcome.run_id == PostMortem.run_id)
-        .where(RunOutcome.tenant_id == tenant_id, RunOutcome.request_class == request_class)
-        .order_by(PostMortem.created_at.desc())
-        .limit(10)
-    ).all()
-    seen: list[str] = []
-    for review in lessons:
-        for lesson in (review or {}).get("lessons", []) or []:
-            if lesson not in seen:
-                seen.append(str(lesson))
-    if seen:
+    if lessons:
         lines.append("Lessons from post-mortems:")
-        lines += [f"- {lesson}" for lesson in seen[:MAX_LESSONS]]
+        lines += [f"- {lesson}" for lesson in lessons[:MAX_LESSONS]]
     return "\n".join(lines)[:1500]
 
 
 def overrule(
-    stats: Iterable[LearningStat],
+    stats: Iterable[Stat],
     chosen: str,
     available: list[str],
     *,

@@ -1,5 +1,6 @@
 """The orchestrator's Celery task and background loops: the outbox sweep, the deadline
-sweep and the reaper."""
+sweep and the reaper. Every message the loops send is staged through the run lifecycle and
+published by the outbox."""
 
 from __future__ import annotations
 
@@ -10,23 +11,18 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, select
 
-from podium.call_dispatch import (
-    call_item,
-    complete_call,
-    known_pools,
-    parse_item,
-    submit_call,
-)
+from podium import call_queue
+from podium.call_queue import call_item, known_pools, parse_item
 from podium.consumers import register_consumer
-from podium.events import call_lost_error
-from podium.messages import AdvanceRun, ExecuteAgentCall, Message, RunCompleted
-from podium.queues import Queue, TaskName, agents_queue
+from podium.lifecycle import calls as call_lifecycle
+from podium.lifecycle import runs as run_lifecycle
+from podium.messages import AdvanceRun, RunCompleted, SubmitAgentCall
+from podium.queues import TaskName
 from podium.quotas import load_limits
 from podium.runtime import Runtime
 from podium.store import (
-    TERMINAL_CALL_STATUSES,
     TERMINAL_RUN_STATUSES,
     AgentCall,
     CallStatus,
@@ -36,7 +32,7 @@ from podium.store import (
     Thread,
     utcnow,
 )
-from podium_orchestrator.step import RunBusy, advance
+from podium_orchestrator.step import advance
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +47,6 @@ def register_tasks(runtime: Runtime) -> None:
         handler=lambda message: advance(runtime, message),
         base_delay_s=0.1,
         max_retries=20,
-        # Another step holds the run: it sees this trigger's state, or we retry after it.
-        busy=RunBusy,
     )
 
 
@@ -64,21 +58,16 @@ def deadline_sweep_loop(runtime: Runtime, stop: threading.Event) -> None:
         try:
             now = time.monotonic()
             woken = {r: t for r, t in woken.items() if now - t < WAKE_AGAIN_S}
-            for run_id in overdue_runs(runtime):
-                if run_id in woken:
-                    continue  # a wake-up is already on its way; do not pile them up
-                woken[run_id] = now
-                runtime.celery.send_task(
-                    TaskName.ADVANCE_RUN.value,
-                    args=[AdvanceRun(run_id=run_id, reason="deadline").model_dump(mode="json")],
-                    queue=Queue.ORCHESTRATOR.value,
-                )
+            # A wake-up already on its way is not piled up.
+            due = [r for r in overdue_runs(runtime) if r not in woken]
+            run_lifecycle.nudge(runtime, due, "deadline")
+            woken.update(dict.fromkeys(due, now))
         except Exception as exc:
             log.warning("deadline sweep failed: %s", exc)
 
 
 def overdue_runs(runtime: Runtime, limit: int = 200) -> list[str]:
-    with runtime.db.session() as session:
+    with runtime.db.read() as session:
         return list(
             session.scalars(
                 select(Run.id)
@@ -105,7 +94,6 @@ def outbox_sweep_loop(runtime: Runtime, stop: threading.Event) -> None:
 # --- the reaper -------------------------------------------------------------------------------
 
 ACTIVE_CALL_STATUSES = (CallStatus.PENDING.value, CallStatus.RUNNING.value)
-TERMINAL_CALL_VALUES = frozenset(s.value for s in TERMINAL_CALL_STATUSES)
 # Finished runs older than this are not checked for a lost learner notification.
 POSTMORTEM_WINDOW = timedelta(hours=1)
 # A lost learner notification is re-sent at most this many times.
@@ -116,7 +104,8 @@ RESERVATION_GRACE_S = 120.0
 
 
 class Reaper:
-    """Finds the work whose message was lost and sends it again (DESIGN §7).
+    """Finds the work whose message was lost and sends it again (docs/architecture.md,
+    "Guarantees"). Every re-send goes through the run lifecycle and the outbox.
 
     Every message is published through the outbox, but a published message can still be lost:
     held by a worker that was SIGKILLed (the broker gives it back only after the visibility
@@ -163,11 +152,6 @@ class Reaper:
     def _forget(self, now: float) -> None:
         horizon = self.settings.reaper_stall_s * 64
         self._sent = {k: v for k, v in self._sent.items() if now - v[1] < horizon}
-
-    def _send(self, message: Message, queue: str) -> None:
-        self.runtime.celery.send_task(
-            message.TASK.value, args=[message.model_dump(mode="json")], queue=queue
-        )
 
     # --- one pass -----------------------------------------------------------------------------
     def run_once(self) -> Counter[str]:
@@ -234,12 +218,11 @@ class Reaper:
             (idle, "call.finished", "idle_runs_retriggered"),
             (answered, "user.answered", "answered_runs_retriggered"),
         ):
-            for run_id in run_ids:
-                key = f"run:{run_id}"
-                if self._due(key, now):
-                    self._send(AdvanceRun(run_id=run_id, reason=reason), Queue.ORCHESTRATOR.value)
-                    self._mark(key, now)
-                    done[label] += 1
+            due = [r for r in run_ids if self._due(f"run:{r}", now)]
+            run_lifecycle.nudge(self.runtime, due, reason)
+            for run_id in due:
+                self._mark(f"run:{run_id}", now)
+            done[label] += len(due)
 
     def _pending_calls(self, now: float, done: Counter[str]) -> None:
         cutoff = utcnow() - timedelta(seconds=self.settings.reaper_stall_s)
@@ -260,6 +243,8 @@ class Reaper:
             by_pool.setdefault(pool, []).append((call_id, run_id, tenant_id))
         wall = time.time()
         caps: dict[str, int] = {}
+        resubmit: list[SubmitAgentCall] = []
+        resend: list[tuple[str, str, str]] = []
         for pool, calls in by_pool.items():
             states = self.runtime.fair.state(pool, [call_item(c, r) for c, r, _ in calls])
             for call_id, run_id, tenant_id in calls:
@@ -279,13 +264,22 @@ class Reaper:
                     # Never reached the dispatcher (killed after the commit, Redis lost it).
                     if tenant_id not in caps:
                         caps[tenant_id] = self._call_cap(tenant_id)
-                    submit_call(self.runtime, pool, tenant_id, call_id, run_id, caps[tenant_id])
-                    done["pending_calls_resubmitted"] += 1
+                    resubmit.append(
+                        SubmitAgentCall(
+                            call_id=call_id,
+                            run_id=run_id,
+                            tenant_id=tenant_id,
+                            pool=pool,
+                            tenant_cap=caps[tenant_id],
+                        )
+                    )
                 else:
                     # Released to the pool, but its message was lost.
-                    message = ExecuteAgentCall(call_id=call_id, run_id=run_id)
-                    self._send(message, agents_queue(pool))
-                    done["pending_calls_resent"] += 1
+                    resend.append((call_id, run_id, pool))
+        call_lifecycle.resubmit(self.runtime, resubmit)
+        call_lifecycle.resend(self.runtime, resend)
+        done["pending_calls_resubmitted"] += len(resubmit)
+        done["pending_calls_resent"] += len(resend)
 
     def _stale_slots(self, done: Counter[str]) -> None:
         """Fair-dispatch slots held by calls that ended without giving them back (their
@@ -299,15 +293,12 @@ class Reaper:
             if not old:
                 continue
             calls = {parse_item(i)[0]: i for i in old}
-            with self.runtime.db.session() as session:
-                status = dict(
-                    session.execute(
-                        select(AgentCall.id, AgentCall.status).where(AgentCall.id.in_(list(calls)))
-                    ).all()
-                )
+            over = call_lifecycle.finished_states(self.runtime, list(calls))
             for call_id, item in calls.items():
-                if status.get(call_id, CallStatus.CANCELLED.value) in TERMINAL_CALL_VALUES:
-                    complete_call(self.runtime, pool, call_id, parse_item(item)[1])
+                if over[call_id]:
+                    call_queue.complete(
+                        self.runtime.fair, self.runtime.celery, pool, call_id, parse_item(item)[1]
+                    )
                     done["fair_slots_freed"] += 1
 
     def _call_cap(self, tenant_id: str) -> int:
@@ -365,6 +356,7 @@ class Reaper:
         # under way) is not a lost worker.
         strike = self.settings.call_lease_s / 3
         suspects: dict[str, float] = {}
+        resend: list[tuple[str, str, str]] = []
         for call_id, run_id, pool, attempts in rows:
             if call_id in alive:
                 continue
@@ -373,39 +365,16 @@ class Reaper:
             if now - first_seen < strike:
                 continue
             if attempts >= self.settings.call_max_attempts:
-                if self._fail_lost(call_id, run_id, attempts):
+                if call_lifecycle.give_up_lost(self.runtime, call_id, run_id, attempts):
                     done["lost_calls_failed"] += 1
                 continue
             key = f"call:{call_id}:{attempts}"
             if self._due(key, now):
-                self._send(ExecuteAgentCall(call_id=call_id, run_id=run_id), agents_queue(pool))
+                resend.append((call_id, run_id, pool))
                 self._mark(key, now)
-                done["lost_calls_resent"] += 1
+        call_lifecycle.resend(self.runtime, resend)
+        done["lost_calls_resent"] += len(resend)
         self._suspects = suspects
-
-    def _fail_lost(self, call_id: str, run_id: str, attempts: int) -> bool:
-        with self.runtime.transaction() as tx:
-            failed = tx.session.execute(
-                update(AgentCall)
-                .where(
-                    AgentCall.id == call_id,
-                    AgentCall.status == CallStatus.RUNNING.value,
-                    AgentCall.attempts == attempts,
-                )
-                .values(
-                    status=CallStatus.FAILED.value,
-                    error=call_lost_error(attempts),
-                    finished_at=utcnow(),
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if failed:
-                tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
-        if failed:
-            log.error(
-                "call %s of run %s lost %d times: failed (call_lost)", call_id, run_id, attempts
-            )
-        return bool(failed)
 
     def _lost_postmortems(self, now: float, done: Counter[str]) -> None:
         wall = utcnow()
@@ -420,13 +389,15 @@ class Reaper:
                 )
                 .limit(REAPER_BATCH)
             ).all()
-        for run_id, tenant_id, status in rows:
-            key = f"postmortem:{run_id}"
-            if self._due(key, now, limit=POSTMORTEM_RESENDS):
-                message = RunCompleted(run_id=run_id, tenant_id=tenant_id, status=status)
-                self._send(message, Queue.LEARNER.value)
-                self._mark(key, now)
-                done["run_completed_resent"] += 1
+        due = [
+            RunCompleted(run_id=run_id, tenant_id=tenant_id, status=status)
+            for run_id, tenant_id, status in rows
+            if self._due(f"postmortem:{run_id}", now, limit=POSTMORTEM_RESENDS)
+        ]
+        run_lifecycle.notify_learner(self.runtime, due)
+        for message in due:
+            self._mark(f"postmortem:{message.run_id}", now)
+        done["run_completed_resent"] += len(due)
 
 
 def reaper_loop(runtime: Runtime, stop: threading.Event) -> None:

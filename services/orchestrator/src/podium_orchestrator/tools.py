@@ -1,4 +1,5 @@
-"""The Orchestrator agent's tools (DESIGN §3). Every tool call carries a rationale."""
+"""The Orchestrator agent's tools (docs/architecture.md, "Decisions"). Every tool call
+carries a rationale."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from podium.learning import REQUEST_CLASSES
 from podium.llm import ToolSpec
+from podium.tools_catalog import BUILTIN_TOOLS
 
 # Bounded: grammar-constrained small models otherwise ramble until max_tokens cuts the JSON.
 RATIONALE = {
@@ -46,19 +48,31 @@ def orchestrator_tools(agents: list[str], patterns: list[str]) -> list[ToolSpec]
         ),
         ToolSpec(
             name="set_agent_parameters",
-            description="Tune the lead agent's parameters for this request.",
+            description=(
+                "Tune the parameters of every agent call this decision starts (the lead agent, "
+                "team members, each step). tools restricts the calls to these of their agents' "
+                "tools."
+            ),
             parameters=_schema(
                 {
                     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                     "max_output_tokens": {"type": "integer", "minimum": 16, "maximum": 32000},
-                    "model": {"type": "string"},
+                    "model": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "tools": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": sorted(BUILTIN_TOOLS)},
+                        "uniqueItems": True,
+                    },
                 },
                 [],
             ),
         ),
         ToolSpec(
             name="compose_team",
-            description="Choose the team for parallel_team (members) or pipeline (the sequence).",
+            description=(
+                "Choose the team: parallel_team's members, pipeline's sequence, plan_execute's "
+                "executors, or critic_loop's producer then critic."
+            ),
             parameters=_schema(
                 {
                     "members": {"type": "array", "items": agent, "minItems": 1, "maxItems": 8},

@@ -12,6 +12,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from podium.decisions import Decision, DecisionSource
 from podium.learning import Posterior
 from podium.settings import get_settings
 from podium.store import Database, LearningStat, OrchestrationDecision, RunOutcome, Tenant
@@ -21,13 +22,12 @@ def _rate(good: int, n: int) -> str:
     return f"{100 * good / n:5.1f}%" if n else "    -"
 
 
-def _policy_effect(
-    outcomes: list[RunOutcome], overrules: list[OrchestrationDecision]
-) -> list[dict[str, Any]]:
+def _policy_effect(outcomes: list[RunOutcome], overrules: list[Decision]) -> list[dict[str, Any]]:
     """Per request class with overrules: good rate before the first overrule, and after."""
     first: dict[str, datetime] = {}
     for d in overrules:
-        cls = str(d.dimensions.get("request_class"))
+        assert d.created_at is not None  # read from the store
+        cls = str(d.dimensions.request_class)
         first[cls] = min(first.get(cls, d.created_at), d.created_at)
     rows = []
     for cls, since in sorted(first.items()):
@@ -37,7 +37,7 @@ def _policy_effect(
         rows.append(
             {
                 "request_class": cls,
-                "overrules": sum(1 for d in overrules if d.dimensions.get("request_class") == cls),
+                "overrules": sum(1 for d in overrules if d.dimensions.request_class == cls),
                 "before": {"runs": len(before), "good": sum(o.good for o in before)},
                 "after": {"runs": len(after), "good": sum(o.good for o in after)},
             }
@@ -51,12 +51,15 @@ def tenant_report(session: Session, tenant: Tenant) -> dict[str, Any]:
         .where(LearningStat.tenant_id == tenant.id)
         .order_by(LearningStat.request_class, LearningStat.dimension, LearningStat.samples.desc())
     ).all()
-    overrules = session.scalars(
-        select(OrchestrationDecision).where(
-            OrchestrationDecision.tenant_id == tenant.id,
-            OrchestrationDecision.source == "learned policy",
+    overrules = [
+        Decision.from_row(row)
+        for row in session.scalars(
+            select(OrchestrationDecision).where(
+                OrchestrationDecision.tenant_id == tenant.id,
+                OrchestrationDecision.source == DecisionSource.POLICY.value,
+            )
         )
-    ).all()
+    ]
     outcomes = session.scalars(
         select(RunOutcome).where(RunOutcome.tenant_id == tenant.id).order_by(RunOutcome.created_at)
     ).all()
@@ -77,7 +80,7 @@ def tenant_report(session: Session, tenant: Tenant) -> dict[str, Any]:
         )
     transitions: dict[str, int] = defaultdict(int)
     for d in overrules:
-        transitions[f"{d.dimensions.get('overruled')} → {d.dimensions.get('pattern')}"] += 1
+        transitions[f"{d.dimensions.overruled} → {d.dimensions.pattern}"] += 1
     return {
         "tenant": {"id": tenant.id, "name": tenant.name},
         "runs": len(outcomes),

@@ -11,6 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from podium.settings import Settings
+from podium.store import guards
+
+READ_ONLY = "podium_read_only"
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -35,12 +38,20 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (Database.read) begin deferred, so they never take SQLite's write lock.
+        deferred = conn.get_execution_options().get(READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    engine = _make_engine(settings, pool_size)
+    guards.install(engine)
+    return engine
+
+
+def _make_engine(settings: Settings, pool_size: int | None) -> Engine:
     url = settings.database_url
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
@@ -74,6 +85,16 @@ class Database:
         """A unit of work: commits on success, rolls back on error."""
         with self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A short read: nothing is written, and on SQLite no write lock is taken."""
+        with self.sessions() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            try:
+                yield session
+            finally:
+                session.rollback()
 
     def dispose(self) -> None:
         self.engine.dispose()

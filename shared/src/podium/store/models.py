@@ -231,10 +231,9 @@ class Run(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Optimistic lock: two orchestrator steps of one run can never both commit.
+    # Bumped by every transition of the run (podium.lifecycle): a step applies what it
+    # decided only if the run is still at the version it planned on.
     version: Mapped[int] = mapped_column(Integer, default=1)
-
-    __mapper_args__ = {"version_id_col": version}
 
 
 class AgentCall(TenantOwned, Base):
@@ -280,6 +279,9 @@ class AgentCall(TenantOwned, Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     message_event_id: Mapped[str | None] = mapped_column(String(32))
+    # What the call actually ran with: {"model", "temperature", "max_output_tokens", "tools"}
+    # of its first LLM request (the decided parameters are in ``params``).
+    used: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -295,6 +297,8 @@ class OrchestrationContext(TenantOwned, Base):
     # Thread events up to this seq have been seen by a decision (DESIGN §3: later decisions
     # see only the delta).
     cursor_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The enforced budget of the Orchestrator agent's own tokens (orchestrator_token_budget
+    # when the run was admitted); past it, decisions fall back without an LLM call.
     token_budget: Mapped[int] = mapped_column(Integer, default=8000)
     tokens_used: Mapped[int] = mapped_column(Integer, default=0)
     # Older decisions folded into ``summary`` once the history outgrew its token budget.

@@ -1,4 +1,5 @@
-"""Runs: admission (202), state, cancel, the event stream and the orchestration context."""
+"""Runs: admission (202), state, cancel, resume, the event stream and the orchestration
+context. Every state change goes through the run lifecycle (podium.lifecycle)."""
 
 from __future__ import annotations
 
@@ -13,30 +14,26 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
+from podium.decisions import Decision
 from podium.events import TERMINAL_EVENT_TYPES, RunEvent
-from podium.messages import AdvanceRun
+from podium.lifecycle import runs as run_lifecycle
 from podium.metrics import TENANT_RUNS, tenant_label
 from podium.patterns import cached_patterns
-from podium.runtime import Runtime, Tx
+from podium.runtime import Runtime
 from podium.store import (
     TERMINAL_RUN_STATUSES,
     Agent,
     AgentCall,
-    EventKind,
     OrchestrationContext,
     OrchestrationDecision,
     PostMortem,
     Run,
     RunStatus,
-    Thread,
     new_id,
     tenant_session,
     utcnow,
 )
-from podium.store.threads import append_event
 from podium_gateway.admission import extend_run, release_run, reserve_run
 from podium_gateway.auth import Principal, RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS, ApiError, error_responses, not_found
@@ -124,130 +121,66 @@ def _admit(
     idempotency_key: str | None,
     request_hash: str,
 ) -> RunAccepted:
+    settings = runtime.settings
+    if body.agent is not None:
+        with tenant_session(runtime.db, principal.tenant_id) as session:
+            known = session.scalars(select(Agent.id).where(Agent.name == body.agent)).first()
+        if known is None:
+            raise ApiError(422, "unknown_agent", f"agent {body.agent!r} is not defined")
     run_id = new_id()
-    reserved = False
+    # The run reserves its own token and cost caps from the tenant's budgets (or what is
+    # left, if less), before its transaction: its caps are then what it may spend.
+    admission = reserve_run(
+        runtime,
+        principal,
+        run_id,
+        int(_capped(body.max_tokens, settings.run_max_tokens)),
+        _capped(body.max_cost_usd, settings.run_max_cost_usd),
+    )
+    request = run_lifecycle.RunRequest(
+        input=body.input,
+        agent=body.agent,
+        pattern=body.pattern,
+        multitask=body.multitask,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        deadline_at=utcnow() + timedelta(seconds=_capped(body.deadline_s, settings.run_deadline_s)),
+        limits={
+            "tokens": admission.tokens,
+            "cost_usd": admission.cost_usd,
+            "iterations": int(_capped(body.max_iterations, settings.run_max_iterations)),
+        },
+    )
     try:
-        accepted = _admit_tx(
-            runtime, principal, thread_id, body, idempotency_key, request_hash, run_id
+        admitted = run_lifecycle.admit(
+            runtime,
+            principal.tenant_id,
+            thread_id,
+            request,
+            run_id=run_id,
+            token_budget=settings.orchestrator_token_budget,
         )
-        reserved = accepted.id == run_id
     except BaseException:
-        # Nothing was written: give back the quota this attempt may have taken.
+        # Nothing was written: give back the quota this attempt took.
         release_run(runtime, principal, run_id)
         raise
-    if reserved:
-        TENANT_RUNS.labels(tenant_label(principal.tenant_id)).inc()
-        _publish(runtime, run_id, "run.queued", {"run_id": run_id, "thread_id": thread_id})
-    return accepted
-
-
-def _admit_tx(
-    runtime: Runtime,
-    principal: Principal,
-    thread_id: str,
-    body: RunCreate,
-    idempotency_key: str | None,
-    request_hash: str,
-    run_id: str,
-) -> RunAccepted:
-    settings = runtime.settings
-    with runtime.transaction(principal.tenant_id) as tx:
-        session = tx.session
-        thread = session.scalars(select(Thread).where(Thread.id == thread_id)).one_or_none()
-        if thread is None:
-            raise not_found("thread", thread_id)
-        if body.agent is not None:
-            known = session.scalars(select(Agent.id).where(Agent.name == body.agent)).first()
-            if known is None:
-                raise ApiError(422, "unknown_agent", f"agent {body.agent!r} is not defined")
-        active = _active_run(session, thread)
-        if active is not None and active.status == RunStatus.AWAITING_INPUT:
-            # The thread's next user message answers the run's question (DESIGN §3, ask_user).
-            return _answer(tx, principal, active, body)
-        if active is not None and body.multitask == "reject":
-            raise ApiError(
-                409,
-                "thread_busy",
-                "the thread has an unfinished run; retry later or use multitask=enqueue",
-                active_run_id=active.id,
-            )
-        event = append_event(
-            session,
-            tenant_id=principal.tenant_id,
-            thread_id=thread_id,
-            kind=EventKind.USER_MESSAGE,
-            role="user",
-            content=body.input,
-        )
-        # The run reserves its own token and cost caps from the tenant's budgets (or what
-        # is left, if less): its caps are then what it may spend, so bursts cannot overshoot.
-        admission = reserve_run(
+    if not admitted.created:
+        release_run(runtime, principal, run_id)  # the input answered a waiting run
+        return RunAccepted(id=admitted.run_id, status=admitted.status, thread_id=thread_id)
+    TENANT_RUNS.labels(tenant_label(principal.tenant_id)).inc()
+    _publish(runtime, run_id, "run.queued", {"run_id": run_id, "thread_id": thread_id})
+    if admitted.interrupted_run_id:
+        _publish(
             runtime,
-            principal,
-            run_id,
-            int(_capped(body.max_tokens, settings.run_max_tokens)),
-            _capped(body.max_cost_usd, settings.run_max_cost_usd),
+            admitted.interrupted_run_id,
+            "run.cancel_requested",
+            {"run_id": admitted.interrupted_run_id, "by_run": run_id},
         )
-        run = Run(
-            id=run_id,
-            tenant_id=principal.tenant_id,
-            thread_id=thread_id,
-            status=RunStatus.QUEUED,
-            input=body.input,
-            input_event_seq=event.seq,
-            requested_agent=body.agent,
-            requested_pattern=body.pattern,
-            multitask=body.multitask,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            deadline_at=utcnow()
-            + timedelta(seconds=_capped(body.deadline_s, settings.run_deadline_s)),
-            limits={
-                "tokens": admission.tokens,
-                "cost_usd": admission.cost_usd,
-                "iterations": int(_capped(body.max_iterations, settings.run_max_iterations)),
-            },
-        )
-        session.add(run)
-        session.flush()
-        event.run_id = run.id
-        session.add(OrchestrationContext(tenant_id=principal.tenant_id, run_id=run.id))
-        if active is not None and body.multitask == "interrupt":
-            active.cancel_requested = True
-            tx.send(AdvanceRun(run_id=active.id, reason="run.cancel"))
-        tx.send(AdvanceRun(run_id=run.id, reason="run.created"))
-        return RunAccepted(id=run.id, status=run.status, thread_id=thread_id)
+    return RunAccepted(id=run_id, status=admitted.status, thread_id=thread_id)
 
 
 def _capped(requested: float | None, deployment_max: float) -> float:
     return deployment_max if requested is None else min(requested, deployment_max)
-
-
-def _answer(tx: Tx, principal: Principal, run: Run, body: RunCreate) -> RunAccepted:
-    append_event(
-        tx.session,
-        tenant_id=principal.tenant_id,
-        thread_id=run.thread_id,
-        kind=EventKind.USER_MESSAGE,
-        role="user",
-        content=body.input,
-        run_id=run.id,
-        data={"answers": (run.awaiting or {}).get("question")},
-    )
-    tx.send(AdvanceRun(run_id=run.id, reason="user.answered"))
-    return RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
-
-
-def _active_run(session: Session, thread: Thread) -> Run | None:
-    return session.scalars(
-        select(Run)
-        .where(
-            Run.thread_id == thread.id,
-            Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
-        )
-        .order_by(Run.created_at)
-        .limit(1)
-    ).first()
 
 
 def _publish(runtime: Runtime, run_id: str, type_: str, data: dict[str, object]) -> None:
@@ -307,24 +240,13 @@ def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
 def cancel_run(
     _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
 ) -> RunAccepted:
-    """Ask a run to stop; in-flight calls stop at their next step."""
-    with runtime.transaction(principal.tenant_id) as tx:
-        run = tx.session.scalars(select(Run).where(Run.id == run_id)).one_or_none()
-        if run is None:
-            raise not_found("run", run_id)
-        if run.status in TERMINAL_RUN_STATUSES:
-            raise ApiError(
-                409,
-                "run_finished",
-                f"run already finished with status {run.status}",
-                run_status=run.status,
-            )
-        if not run.cancel_requested:
-            run.cancel_requested = True
-            tx.send(AdvanceRun(run_id=run.id, reason="run.cancel"))
-        accepted = RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
+    """Ask a run to stop; in-flight calls stop at their next step. Idempotent; a decision
+    being made meanwhile is recorded as superseded and not executed."""
+    status = run_lifecycle.cancel(runtime, principal.tenant_id, run_id)
+    with tenant_session(runtime.db, principal.tenant_id) as session:
+        thread_id = session.scalar(select(Run.thread_id).where(Run.id == run_id))
     _publish(runtime, run_id, "run.cancel_requested", {"run_id": run_id})
-    return accepted
+    return RunAccepted(id=run_id, status=status, thread_id=str(thread_id))
 
 
 @router.post(
@@ -337,43 +259,37 @@ def resume_run(
     _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
 ) -> RunAccepted:
     """Continue a run held by its token, cost or iteration cap; the caps are doubled."""
-    try:
-        with runtime.transaction(principal.tenant_id) as tx:
-            run = tx.session.scalars(select(Run).where(Run.id == run_id)).one_or_none()
-            if run is None:
-                raise not_found("run", run_id)
-            if run.status != RunStatus.BUDGET_HOLD:
-                raise ApiError(
-                    409,
-                    "not_on_hold",
-                    f"only a run in budget_hold can be resumed; this one is {run.status}",
-                    run_status=run.status,
-                )
-            limits = dict(run.limits or {})
-            # The doubled caps are reserved from the tenant's budgets first (429 if not).
-            extend_run(
-                runtime,
-                principal,
-                run.id,
-                int(limits.get("tokens") or 0),
-                float(limits.get("cost_usd") or 0.0),
-            )
-            for key in ("tokens", "cost_usd", "iterations"):
-                if limits.get(key) is not None:
-                    limits[key] = limits[key] * 2
-            limits["tokens"] = int(limits.get("tokens", 0)) or None
-            limits["iterations"] = int(limits.get("iterations", 0)) or None
-            run.limits = limits
-            run.status = RunStatus.RUNNING
-            run.step = None
-            tx.send(AdvanceRun(run_id=run.id, reason="run.resumed"))
-            accepted = RunAccepted(id=run.id, status=run.status, thread_id=run.thread_id)
-    except StaleDataError:
+    with tenant_session(runtime.db, principal.tenant_id) as session:
+        row = session.execute(
+            select(Run.status, Run.limits, Run.version, Run.thread_id).where(Run.id == run_id)
+        ).first()
+    if row is None:
+        raise not_found("run", run_id)
+    status, limits, version, thread_id = row
+    if status != RunStatus.BUDGET_HOLD:
         raise ApiError(
-            409, "conflict", "the run changed while resuming; retry", headers={"Retry-After": "1"}
-        ) from None
+            409,
+            "not_on_hold",
+            f"only a run in budget_hold can be resumed; this one is {status}",
+            run_status=status,
+        )
+    limits = dict(limits or {})
+    # The doubled caps are reserved from the tenant's budgets first (429 if not).
+    extend_run(
+        runtime,
+        principal,
+        run_id,
+        int(limits.get("tokens") or 0),
+        float(limits.get("cost_usd") or 0.0),
+    )
+    for key in ("tokens", "cost_usd", "iterations"):
+        if limits.get(key) is not None:
+            limits[key] = limits[key] * 2
+    limits["tokens"] = int(limits.get("tokens", 0)) or None
+    limits["iterations"] = int(limits.get("iterations", 0)) or None
+    run_lifecycle.resume(runtime, principal.tenant_id, run_id, version=version, limits=limits)
     _publish(runtime, run_id, "run.resumed", {"run_id": run_id, "limits": limits})
-    return accepted
+    return RunAccepted(id=run_id, status=RunStatus.RUNNING, thread_id=thread_id)
 
 
 def _sse(event: RunEvent) -> str:
@@ -436,6 +352,24 @@ def run_events(
     )
 
 
+def _decision_out(d: Decision) -> DecisionOut:
+    assert d.created_at is not None  # read from the store
+    return DecisionOut(
+        seq=d.seq,
+        dimensions=d.dimensions_json(),
+        rationale=d.rationale,
+        source=d.source.value,
+        fallback=d.fallback_reason,
+        input_range={"from_seq": d.input_from_seq, "to_seq": d.input_to_seq},
+        expected_outcome=d.expected_outcome,
+        outcome=d.outcome.as_dict() if d.outcome else None,
+        input_tokens=d.usage.input_tokens,
+        output_tokens=d.usage.output_tokens,
+        latency_ms=d.usage.latency_ms,
+        created_at=d.created_at,
+    )
+
+
 @router.get("/v1/runs/{run_id}/orchestration", response_model=OrchestrationOut)
 def get_orchestration(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> OrchestrationOut:
     """The run's OrchestrationContext: decisions with rationale, budget, outcome, post-mortem."""
@@ -455,23 +389,7 @@ def get_orchestration(run_id: str, principal: TenantDep, runtime: RuntimeDep) ->
         ).one_or_none()
         return OrchestrationOut(
             run_id=run_id,
-            decisions=[
-                DecisionOut(
-                    seq=d.seq,
-                    dimensions=d.dimensions,
-                    rationale=d.rationale,
-                    source=d.source,
-                    fallback=d.fallback_reason,
-                    input_range={"from_seq": d.input_from_seq, "to_seq": d.input_to_seq},
-                    expected_outcome=d.expected_outcome,
-                    outcome=d.actual_outcome,
-                    input_tokens=d.input_tokens,
-                    output_tokens=d.output_tokens,
-                    latency_ms=d.latency_ms,
-                    created_at=d.created_at,
-                )
-                for d in decisions
-            ],
+            decisions=[_decision_out(Decision.from_row(d)) for d in decisions],
             cursor=context.cursor_seq,
             budget={"token_budget": context.token_budget, "tokens_used": context.tokens_used},
             summary=context.summary,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from podium.lifecycle import threads as thread_lifecycle
 from podium.store import Thread, ThreadEvent, tenant_session
 from podium_gateway.auth import RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS, not_found
@@ -32,11 +33,10 @@ def create_thread(
     principal: TenantDep, runtime: RuntimeDep, body: ThreadCreate | None = None
 ) -> ThreadOut:
     body = body or ThreadCreate()
-    with tenant_session(runtime.db, principal.tenant_id) as session:
-        thread = Thread(title=body.title, meta=body.metadata)
-        session.add(thread)
-        session.flush()
-        return _thread_out(thread)
+    thread = thread_lifecycle.create_thread(
+        runtime, principal.tenant_id, title=body.title, metadata=body.metadata
+    )
+    return _thread_out(thread)
 
 
 @router.get("/{thread_id}", response_model=ThreadOut)

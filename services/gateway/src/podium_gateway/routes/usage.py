@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from podium.call_dispatch import known_pools
+from podium.call_queue import known_pools
 from podium.quotas import Periods, effective_limits
 from podium.store import tenant_session
 from podium_gateway.auth import RuntimeDep, TenantDep

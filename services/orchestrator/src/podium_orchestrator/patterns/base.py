@@ -1,9 +1,9 @@
 """The pattern interface: a pure function from a run's state to its next actions.
 
-Patterns never touch the store or the broker; the step function applies their actions. The
-state is the run's agent calls, so the same state always gives the same actions and a
-duplicated trigger does no harm. A new pattern is an entry in patterns.yaml plus one small
-class implementing ``next_actions``.
+Patterns never touch the store or the broker; the step turns their actions into a plan that
+the run lifecycle applies. The state is the run's agent calls and decisions, so the same state
+always gives the same actions and a duplicated trigger does no harm. A new pattern is an entry
+in patterns.yaml plus one small class implementing this protocol.
 """
 
 from __future__ import annotations
@@ -12,31 +12,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from podium.store import AgentCall, CallStatus
+from podium.decisions import Decision, MergeMode
+from podium.lifecycle import CallView
 
 
 @dataclass(frozen=True)
 class RunView:
     run_id: str
     input: str
-    # The current decision: lead agent, parameters, team and merge mode.
-    agent: str
-    parameters: dict[str, Any]
-    team: list[str]
-    merge: str | None
+    # The plan the run follows; its dimensions say the lead agent, parameters and team.
+    plan: Decision
     options: dict[str, Any]
-    # The run's effective calls (control hand-backs and delegated sub-calls left out), oldest
-    # first.
-    calls: Sequence[AgentCall]
-    # Later decisions taken at checkpoints, by checkpoint name ({"action": "continue" |
-    # "finish" | "reroute", "agent": ...}); a Consult happens once per checkpoint.
-    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The run's effective calls, oldest first: a call that handed control back is replaced by
+    # its continuation, and delegated sub-calls are internal to the call that delegated.
+    calls: Sequence[CallView]
+    # Every call of the run, oldest first (hand-backs included).
+    history: Sequence[CallView] = ()
+    # Decisions taken at checkpoints, by checkpoint name; a Consult happens once per name.
+    checkpoints: dict[str, Decision] = field(default_factory=dict)
+    # The tenant's agents.
+    agents: frozenset[str] = frozenset()
 
-    def by_role(self, role: str) -> list[AgentCall]:
+    @property
+    def agent(self) -> str:
+        return self.plan.dimensions.agent
+
+    @property
+    def team(self) -> tuple[str, ...]:
+        return self.plan.dimensions.team
+
+    @property
+    def merge(self) -> MergeMode | None:
+        return self.plan.dimensions.merge
+
+    def by_role(self, role: str) -> list[CallView]:
         return [c for c in self.calls if c.role == role]
 
     def in_flight(self) -> bool:
-        return any(c.status in (CallStatus.PENDING, CallStatus.RUNNING) for c in self.calls)
+        return any(c.in_flight for c in self.calls)
 
 
 @dataclass(frozen=True)
@@ -48,9 +61,33 @@ class Dispatch:
     context_mode: str = "thread"  # "thread" or "clean"
     sub_thread: bool = False  # work in a fresh sub-thread (parallel team members)
     control_tools: tuple[str, ...] = ()
-    parameters: dict[str, Any] = field(default_factory=dict)
+    # The decision this call executes (its parameters apply); None: the run's plan.
+    decision_seq: int | None = None
+    # A continuation of a call that handed control back.
+    parent_call_id: str | None = None
+    depth: int = 0
     # Work in this existing thread (a continuation in its sub-thread); default: the run's.
     thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """An agent handed the request to ``agent``: record it as a decision and let the target
+    continue the work of ``from_call``."""
+
+    agent: str
+    rationale: str
+    from_call: CallView
+    control_tools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GuardHit:
+    """A guard stopped something (recorded on the run and counted); the pattern says what
+    happens instead in its other actions."""
+
+    guard: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -80,16 +117,26 @@ class Consult:
     checkpoint: str
 
 
-Action = Dispatch | Wait | Complete | Fail | Consult
+Action = Dispatch | Redirect | GuardHit | Wait | Complete | Fail | Consult
 
 
 class Pattern(Protocol):
     name: str
+    # Tools for handing control back that the pattern offers its calls (e.g. handoff).
+    control_tools: tuple[str, ...]
+
+    def accepts(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str | None:
+        """Why this pattern cannot run the decided team (None: it can, exactly)."""
+        ...
+
+    def expected(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str:
+        """The outcome a decision for this pattern expects, in a sentence."""
+        ...
 
     def next_actions(self, view: RunView) -> list[Action]: ...
 
 
-def failure_of(call: AgentCall) -> Fail:
+def failure_of(call: CallView) -> Fail:
     error = call.error or {}
     return Fail(
         str(error.get("code", "agent_call_failed")),
@@ -97,5 +144,8 @@ def failure_of(call: AgentCall) -> Fail:
     )
 
 
-def is_failed(call: AgentCall) -> bool:
-    return call.status in (CallStatus.FAILED, CallStatus.CANCELLED)
+def no_team(pattern: str, agent: str, team: Sequence[str]) -> str | None:
+    """For patterns with one lead agent: a team is honoured only if it is that agent."""
+    if not team or list(team) == [agent]:
+        return None
+    return f"{pattern} runs one lead agent ({agent}); it cannot run the team {list(team)}"

@@ -1,9 +1,12 @@
 """``critic_loop``: a producer answers, a critic reviews, the producer revises — until the
-critic approves or ``max_rounds`` reviews have happened."""
+critic approves or ``max_rounds`` reviews have happened. A team names the producer, or the
+producer and the critic."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from podium.store import CallStatus
 from podium_orchestrator.patterns.base import (
@@ -13,7 +16,6 @@ from podium_orchestrator.patterns.base import (
     RunView,
     Wait,
     failure_of,
-    is_failed,
 )
 
 APPROVED = re.compile(r"^\W*approved\b", re.IGNORECASE)
@@ -28,20 +30,37 @@ REVISE_TASK = (
 )
 
 
+def roles_of(agent: str, team: Sequence[str], options: dict[str, Any]) -> tuple[str, str]:
+    """(producer, critic)."""
+    critic = str(options.get("critic", "critic"))
+    if len(team) >= 2:
+        return team[0], team[1]
+    if len(team) == 1:
+        return team[0], critic
+    return agent, critic
+
+
 class CriticLoopPattern:
     name = "critic_loop"
+    control_tools: tuple[str, ...] = ()
+
+    def accepts(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str | None:
+        if len(team) > 2:
+            return f"critic_loop takes a producer and a critic; it cannot run the team {list(team)}"
+        return None
+
+    def expected(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str:
+        producer, critic = roles_of(agent, team, options)
+        return f"'{producer}' drafts an answer that '{critic}' approves within the round limit"
 
     def next_actions(self, view: RunView) -> list[Action]:
         if view.in_flight():
             return [Wait()]
-        producer = view.agent
-        critic = str(view.options.get("critic", "critic"))
-        if len(view.team) > 1:
-            producer, critic = view.team[0], view.team[1]
+        producer, critic = roles_of(view.agent, view.team, view.options)
         max_rounds = int(view.options.get("max_rounds", 3))
         drafts = view.by_role("producer")
         reviews = view.by_role("critic")
-        failed = next((c for c in view.calls if is_failed(c)), None)
+        failed = next((c for c in view.calls if c.failed), None)
         if failed is not None:
             if failed.role == "critic" and drafts:
                 # A failed review should not lose a good draft.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from podium.store import CallStatus
+from collections.abc import Sequence
+from typing import Any
+
 from podium_orchestrator.patterns.base import (
     Action,
     Complete,
@@ -10,7 +12,7 @@ from podium_orchestrator.patterns.base import (
     RunView,
     Wait,
     failure_of,
-    is_failed,
+    no_team,
 )
 
 
@@ -18,12 +20,18 @@ class DirectPattern:
     name = "direct"
     control_tools: tuple[str, ...] = ()
 
+    def accepts(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str | None:
+        return no_team(self.name, agent, team)
+
+    def expected(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str:
+        return f"'{agent}' answers the request in one call"
+
     def next_actions(self, view: RunView) -> list[Action]:
         if not view.calls:
             return [Dispatch(view.agent, control_tools=self.control_tools)]
         call = view.calls[-1]
-        if call.status == CallStatus.SUCCEEDED:
-            return [Complete(call.output or "")]
-        if is_failed(call):
+        if call.in_flight:
+            return [Wait()]
+        if call.failed:
             return [failure_of(call)]
-        return [Wait()]
+        return [Complete(call.output or "")]

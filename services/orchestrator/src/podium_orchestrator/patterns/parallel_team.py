@@ -5,8 +5,12 @@ a vote, or concatenation. Members that failed are reported, not fatal, unless al
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
-from podium.store import AgentCall, CallStatus
+from podium.decisions import MergeMode
+from podium.lifecycle import CallView
+from podium.store import CallStatus
 from podium_orchestrator.patterns.base import (
     Action,
     Complete,
@@ -14,15 +18,14 @@ from podium_orchestrator.patterns.base import (
     Fail,
     RunView,
     Wait,
-    is_failed,
 )
 
 
-def team_of(view: RunView) -> list[str]:
-    return list(view.team) or [str(a) for a in view.options.get("default_team", [])] or [view.agent]
+def team_of(agent: str, team: Sequence[str], options: dict[str, Any]) -> list[str]:
+    return list(team) or [str(a) for a in options.get("default_team", [])] or [agent]
 
 
-def merge_task(request: str, ok: list[AgentCall], failed: list[AgentCall]) -> str:
+def merge_task(request: str, ok: list[CallView], failed: list[CallView]) -> str:
     parts = [f"Request:\n{request}\n", "Answers from the team:"]
     parts += [f"\n[{c.agent}]\n{c.output or ''}" for c in ok]
     if failed:
@@ -31,11 +34,11 @@ def merge_task(request: str, ok: list[AgentCall], failed: list[AgentCall]) -> st
     return "\n".join(parts)
 
 
-def concatenate(ok: list[AgentCall]) -> str:
+def concatenate(ok: list[CallView]) -> str:
     return "\n\n".join(f"[{c.agent}]\n{c.output or ''}" for c in ok)
 
 
-def vote(ok: list[AgentCall]) -> str:
+def vote(ok: list[CallView]) -> str:
     # Exact-match majority on normalised text; ties go to the earliest member.
     counts = Counter(" ".join((c.output or "").split()).lower() for c in ok)
     best = max(counts.values())
@@ -46,9 +49,16 @@ def vote(ok: list[AgentCall]) -> str:
 
 class ParallelTeamPattern:
     name = "parallel_team"
+    control_tools: tuple[str, ...] = ()
+
+    def accepts(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str | None:
+        return None
+
+    def expected(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str:
+        who = ", ".join(team_of(agent, team, options))
+        return f"{who} answer in parallel and their answers are merged"
 
     def next_actions(self, view: RunView) -> list[Action]:
-        team = team_of(view)
         members = view.by_role("member")
         if not members:
             return [
@@ -60,19 +70,19 @@ class ParallelTeamPattern:
                     context_mode="clean",
                     sub_thread=True,
                 )
-                for i, agent in enumerate(team)
+                for i, agent in enumerate(team_of(view.agent, view.team, view.options))
             ]
         if view.in_flight():
             return [Wait()]
         ok = [c for c in members if c.status == CallStatus.SUCCEEDED]
-        failed = [c for c in members if is_failed(c)]
+        failed = [c for c in members if c.failed]
         note = f"{len(failed)} of {len(members)} members failed" if failed else None
         if not ok:
             return [Fail("team_failed", f"all {len(members)} team members failed")]
-        merge = view.merge or str(view.options.get("merge", "synthesizer"))
-        if merge == "vote":
+        merge = view.merge or MergeMode(str(view.options.get("merge", "synthesizer")))
+        if merge == MergeMode.VOTE:
             return [Complete(vote(ok), note=note, append_as="team")]
-        if merge == "concat":
+        if merge == MergeMode.CONCAT:
             return [Complete(concatenate(ok), note=note, append_as="team")]
         merges = view.by_role("merge")
         if not merges:

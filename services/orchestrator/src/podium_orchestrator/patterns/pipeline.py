@@ -1,6 +1,11 @@
-"""``pipeline``: a fixed sequence of agents, each given the request and the previous output."""
+"""``pipeline``: a fixed sequence of agents, each given the request and the previous output.
+The decided team is the sequence, whatever its length; without one, the configured
+``default_sequence``, else the lead agent alone."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from podium_orchestrator.patterns.base import (
     Action,
@@ -9,15 +14,14 @@ from podium_orchestrator.patterns.base import (
     RunView,
     Wait,
     failure_of,
-    is_failed,
 )
 
 
-def sequence_of(view: RunView) -> list[str]:
-    if len(view.team) > 1:
-        return list(view.team)
-    default = [str(a) for a in view.options.get("default_sequence", [])]
-    return default or [view.agent]
+def sequence_of(agent: str, team: Sequence[str], options: dict[str, Any]) -> list[str]:
+    if team:
+        return list(team)
+    default = [str(a) for a in options.get("default_sequence", [])]
+    return default or [agent]
 
 
 def stage_task(request: str, previous_agent: str | None, previous_output: str | None) -> str:
@@ -31,14 +35,22 @@ def stage_task(request: str, previous_agent: str | None, previous_output: str | 
 
 class PipelinePattern:
     name = "pipeline"
+    control_tools: tuple[str, ...] = ()
+
+    def accepts(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str | None:
+        return None
+
+    def expected(self, agent: str, team: Sequence[str], options: dict[str, Any]) -> str:
+        who = ", ".join(sequence_of(agent, team, options))
+        return f"{who} process the request in sequence"
 
     def next_actions(self, view: RunView) -> list[Action]:
         if view.in_flight():
             return [Wait()]
         stages = view.by_role("stage")
-        if stages and is_failed(stages[-1]):
+        if stages and stages[-1].failed:
             return [failure_of(stages[-1])]
-        sequence = sequence_of(view)
+        sequence = sequence_of(view.agent, view.team, view.options)
         if len(stages) >= len(sequence):
             return [Complete(stages[-1].output or "")]
         previous = stages[-1] if stages else None

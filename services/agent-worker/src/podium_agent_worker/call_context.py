@@ -4,12 +4,13 @@ summary on, compacted when over the agent's context budget), and its task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 
+from podium.lifecycle.calls import ClaimedCall
 from podium.llm import ChatMessage
-from podium.store import AgentCall, EventKind, Run, ThreadEvent
+from podium.store import Database, EventKind, ThreadEvent
 from podium_agent_worker.compaction import Entry
 
 CONTEXT_KINDS = (
@@ -29,14 +30,29 @@ class CallContext:
     task: str | None
 
 
-def load_context(session: Session, call: AgentCall, run: Run) -> CallContext:
+def load_context(db: Database, claimed: ClaimedCall) -> CallContext:
+    """The call's context, read after its claim (a short read of its own)."""
+    call = claimed.call
     instructions = str(call.params.get("instructions", ""))
-    if call.context_mode == "clean" and call.thread_id == run.thread_id:
-        return CallContext(instructions, [], call.task or run.input)
-    visible = [ThreadEvent.thread_id == call.thread_id, ThreadEvent.seq <= call.context_until_seq]
-    if call.thread_id == run.thread_id:
+    if call.context_mode == "clean" and call.thread_id == claimed.run_thread_id:
+        return CallContext(instructions, [], call.task or claimed.run_input)
+    visible = [
+        ThreadEvent.thread_id == call.thread_id,
+        ThreadEvent.seq <= claimed.context_until_seq,
+    ]
+    if call.thread_id == claimed.run_thread_id:
         # Prompts of runs queued after this one are not this call's business.
-        visible.append(or_(ThreadEvent.seq <= run.input_event_seq, ThreadEvent.run_id == run.id))
+        visible.append(
+            or_(
+                ThreadEvent.seq <= claimed.run_input_event_seq,
+                ThreadEvent.run_id == call.run_id,
+            )
+        )
+    with db.read() as session:
+        return _load(session, visible, instructions, call.task)
+
+
+def _load(session: Any, visible: list[Any], instructions: str, task: str | None) -> CallContext:
     latest_summary = session.scalar(
         select(ThreadEvent.seq)
         .where(*visible, ThreadEvent.kind == EventKind.SUMMARY.value)
@@ -57,7 +73,7 @@ def load_context(session: Session, call: AgentCall, run: Run) -> CallContext:
     )
     events.reverse()
     entries = [Entry(e.seq, e.kind, e.role, e.agent, e.content) for e in events]
-    return CallContext(instructions, entries, call.task)
+    return CallContext(instructions, entries, task)
 
 
 def render(ctx: CallContext, agent: str) -> list[ChatMessage]:

@@ -1,0 +1,386 @@
+"""Transitions of an agent call: claim it, record its tool steps and summaries, commit its
+outcome once, cancel it, give it up as lost; and the reaper's re-sends.
+
+Claim and commit are single conditional statements: a call moves ``pending -> running`` once,
+and ``running -> succeeded | failed | cancelled`` once, whatever the redeliveries. Nothing here
+waits on the network with a transaction open: the lease check of a takeover happens before
+the statement that takes the call over.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.exc import IntegrityError
+
+from podium.events import call_lost_error
+from podium.lifecycle.snapshot import CallView
+from podium.lifecycle.threads import append_event
+from podium.lifecycle.tx import owned_transaction
+from podium.messages import AdvanceRun, ExecuteAgentCall, SubmitAgentCall
+from podium.queues import agents_queue
+from podium.runtime import Runtime
+from podium.store import (
+    TERMINAL_CALL_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    AgentCall,
+    CallStatus,
+    EventKind,
+    Run,
+    Thread,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+_TERMINAL_RUN = [s.value for s in TERMINAL_RUN_STATUSES]
+_OPEN = [CallStatus.PENDING.value, CallStatus.RUNNING.value]
+
+
+@dataclass(frozen=True)
+class ClaimedCall:
+    call: CallView
+    attempts: int
+    context_until_seq: int
+    # The run's thread, prompt and its seq: what the call's context is cut from.
+    run_thread_id: str
+    run_input: str
+    run_input_event_seq: int
+
+
+def _claimed(runtime: Runtime, call_id: str) -> ClaimedCall:
+    with runtime.db.read() as session:
+        row = session.execute(
+            select(AgentCall, Run.thread_id, Run.input, Run.input_event_seq)
+            .join(Run, Run.id == AgentCall.run_id)
+            .where(AgentCall.id == call_id)
+        ).one()
+        call = row[0]
+        return ClaimedCall(
+            call=CallView.of(call),
+            attempts=call.attempts,
+            context_until_seq=call.context_until_seq,
+            run_thread_id=row[1],
+            run_input=row[2],
+            run_input_event_seq=row[3],
+        )
+
+
+def claim(runtime: Runtime, call_id: str) -> ClaimedCall | None:
+    """``pending -> running``, if the call's run still wants it. None: not claimed (some
+    other delivery did, or there is nothing to do); see ``take_over`` for running calls."""
+    run_open = exists().where(
+        Run.id == AgentCall.run_id,
+        Run.status.not_in(_TERMINAL_RUN),
+        Run.cancel_requested.is_(False),
+    )
+    with owned_transaction(runtime) as tx:
+        won = tx.session.execute(
+            update(AgentCall)
+            .where(AgentCall.id == call_id, AgentCall.status == CallStatus.PENDING.value, run_open)
+            .values(
+                status=CallStatus.RUNNING.value,
+                attempts=AgentCall.attempts + 1,
+                started_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    return _claimed(runtime, call_id) if won else None
+
+
+@dataclass(frozen=True)
+class CallState:
+    status: CallStatus
+    attempts: int
+    pool: str
+    run_id: str
+    run_open: bool
+    started_long_ago: bool
+
+
+def state(runtime: Runtime, call_id: str, *, grace_s: float) -> CallState | None:
+    """Where an unclaimable call stands (a short read)."""
+    with runtime.db.read() as session:
+        row = session.execute(
+            select(
+                AgentCall.status,
+                AgentCall.attempts,
+                AgentCall.pool,
+                AgentCall.run_id,
+                Run.status,
+                Run.cancel_requested,
+                AgentCall.started_at,
+            )
+            .join(Run, Run.id == AgentCall.run_id)
+            .where(AgentCall.id == call_id)
+        ).first()
+    if row is None:
+        return None
+    started = row[6]
+    return CallState(
+        status=CallStatus(row[0]),
+        attempts=row[1],
+        pool=row[2],
+        run_id=row[3],
+        run_open=row[4] not in _TERMINAL_RUN and not row[5],
+        started_long_ago=started is None or utcnow() - started > timedelta(seconds=grace_s),
+    )
+
+
+def take_over(
+    runtime: Runtime, call_id: str, attempts: int, *, grace_s: float
+) -> ClaimedCall | None:
+    """A ``running`` call whose worker was lost (its lease lapsed: checked by the caller
+    before this) is claimed again, if nobody did since (``attempts`` unchanged) and it was
+    started more than ``grace_s`` ago (a worker that just claimed it has not taken its lease
+    yet)."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    with owned_transaction(runtime) as tx:
+        won = tx.session.execute(
+            update(AgentCall)
+            .where(
+                AgentCall.id == call_id,
+                AgentCall.status == CallStatus.RUNNING.value,
+                AgentCall.attempts == attempts,
+                AgentCall.started_at < cutoff,
+            )
+            .values(attempts=attempts + 1, started_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    return _claimed(runtime, call_id) if won else None
+
+
+def cancel_open(runtime: Runtime, call_id: str, run_id: str) -> bool:
+    """A call whose run was cancelled or ended: cancelled, and the run stepped."""
+    with owned_transaction(runtime) as tx:
+        done = tx.session.execute(
+            update(AgentCall)
+            .where(AgentCall.id == call_id, AgentCall.status.in_(_OPEN))
+            .values(status=CallStatus.CANCELLED.value, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if done:
+            tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
+    return bool(done)
+
+
+def give_up_lost(runtime: Runtime, call_id: str, run_id: str, attempts: int) -> bool:
+    """A call started ``attempts`` times whose worker was lost each time: failed with
+    ``call_lost``, and its run stepped, so its pattern reports the failure cleanly."""
+    with owned_transaction(runtime) as tx:
+        failed = tx.session.execute(
+            update(AgentCall)
+            .where(
+                AgentCall.id == call_id,
+                AgentCall.status == CallStatus.RUNNING.value,
+                AgentCall.attempts == attempts,
+            )
+            .values(
+                status=CallStatus.FAILED.value,
+                error=call_lost_error(attempts),
+                finished_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if failed:
+            tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
+    if failed:
+        log.error("call %s of run %s lost %d times: failed (call_lost)", call_id, run_id, attempts)
+    return bool(failed)
+
+
+# --- while it runs ----------------------------------------------------------------------------
+
+
+def record_tool_step(
+    runtime: Runtime, call: CallView, *, key: str, request: str, response: str, tool: str, ok: bool
+) -> None:
+    """The tool request and response of one step, appended once (``key`` deduplicates a
+    redelivered call's replay)."""
+    try:
+        with owned_transaction(runtime) as tx:
+            for kind, content in (
+                (EventKind.TOOL_REQUEST, request),
+                (EventKind.TOOL_RESPONSE, response),
+            ):
+                append_event(
+                    tx.session,
+                    tenant_id=call.tenant_id,
+                    thread_id=call.thread_id,
+                    kind=kind,
+                    role="tool",
+                    agent=call.agent,
+                    content=content,
+                    run_id=call.run_id,
+                    call_id=call.id,
+                    data={"tool": tool, "ok": ok},
+                    dedupe_key=f"tool:{call.id}:{key}:{kind.value}",
+                )
+    except IntegrityError:
+        pass  # a redelivered call already recorded this step
+
+
+def append_summary(
+    runtime: Runtime, call: CallView, *, text: str, covers_through_seq: int
+) -> int | None:
+    """A summary of the thread up to ``covers_through_seq``; None if another call wrote the
+    same summary first."""
+    try:
+        with owned_transaction(runtime) as tx:
+            _, seq = append_event(
+                tx.session,
+                tenant_id=call.tenant_id,
+                thread_id=call.thread_id,
+                kind=EventKind.SUMMARY,
+                role="system",
+                content=text,
+                run_id=call.run_id,
+                call_id=call.id,
+                data={"covers_through_seq": covers_through_seq},
+                dedupe_key=f"summary:{call.thread_id}:{covers_through_seq}",
+            )
+            return seq
+    except IntegrityError:
+        return None
+
+
+# --- the end ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallResult:
+    """How a call ended, as committed."""
+
+    status: CallStatus
+    output: str | None = None
+    control: dict[str, Any] | None = None
+    provider: str | None = None
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tool_steps: int = 0
+    error: dict[str, Any] | None = None
+    # What the call actually ran with (model, temperature, max_output_tokens, tools).
+    used: dict[str, Any] = field(default_factory=dict)
+
+    def columns(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "status": self.status.value,
+            "output": self.output,
+            "result": self.control,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "tool_steps": self.tool_steps,
+            "error": self.error,
+            "used": self.used or None,
+        }
+        if self.provider is not None:
+            values["provider"] = self.provider
+        if self.model is not None:
+            values["model"] = self.model
+        return values
+
+
+def commit(runtime: Runtime, call: CallView, result: CallResult, answer: str | None) -> bool:
+    """Commit the call's outcome once (``running ->`` its end). False if it was not running
+    any more (cancelled meanwhile, or another delivery committed first). The answer becomes
+    the agent's message in the call's thread, once (deduplicated by the call's id)."""
+    with owned_transaction(runtime) as tx:
+        session = tx.session
+        won = session.execute(
+            update(AgentCall)
+            .where(AgentCall.id == call.id, AgentCall.status == CallStatus.RUNNING.value)
+            .values(finished_at=utcnow(), **result.columns())
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not won:
+            return False
+        if answer:
+            event_id, _ = append_event(
+                session,
+                tenant_id=call.tenant_id,
+                thread_id=call.thread_id,
+                kind=EventKind.AGENT_MESSAGE,
+                role="assistant",
+                agent=call.agent,
+                content=answer,
+                run_id=call.run_id,
+                call_id=call.id,
+                dedupe_key=f"call:{call.id}",
+            )
+            session.execute(
+                update(AgentCall)
+                .where(AgentCall.id == call.id)
+                .values(message_event_id=event_id)
+                .execution_options(synchronize_session=False)
+            )
+            session.execute(
+                update(Thread)
+                .where(Thread.id == call.thread_id)
+                .values(last_agent=call.agent)
+                .execution_options(synchronize_session=False)
+            )
+        tx.send(AdvanceRun(run_id=call.run_id, reason="call.finished", call_id=call.id))
+        return True
+
+
+# --- repair (the reaper) ------------------------------------------------------------------------
+
+
+def resend(runtime: Runtime, calls: list[tuple[str, str, str]]) -> None:
+    """Publish ExecuteAgentCall again for ``(call_id, run_id, pool)`` whose message was lost
+    (a duplicate is dropped by the worker's claim)."""
+    if not calls:
+        return
+    with owned_transaction(runtime) as tx:
+        for call_id, run_id, pool in calls:
+            tx.send(ExecuteAgentCall(call_id=call_id, run_id=run_id), queue=agents_queue(pool))
+
+
+def resubmit(runtime: Runtime, submissions: list[SubmitAgentCall]) -> None:
+    """Hand calls the fair dispatcher lost (Redis restarted) to it again."""
+    if not submissions:
+        return
+    with owned_transaction(runtime) as tx:
+        for message in submissions:
+            tx.send(message, queue=f"fair:{message.pool}")
+
+
+def finished_states(runtime: Runtime, call_ids: list[str]) -> dict[str, bool]:
+    """Which of ``call_ids`` are over (missing ones count as over)."""
+    with runtime.db.read() as session:
+        found = dict(
+            session.execute(
+                select(AgentCall.id, AgentCall.status).where(AgentCall.id.in_(call_ids))
+            ).all()
+        )
+    terminal = {s.value for s in TERMINAL_CALL_STATUSES}
+    return {c: found.get(c, CallStatus.CANCELLED.value) in terminal for c in call_ids}
+
+
+__all__ = [
+    "CallResult",
+    "CallState",
+    "ClaimedCall",
+    "append_summary",
+    "cancel_open",
+    "claim",
+    "commit",
+    "finished_states",
+    "give_up_lost",
+    "record_tool_step",
+    "resend",
+    "resubmit",
+    "state",
+    "take_over",
+]

@@ -1,0 +1,241 @@
+"""What the orchestrator's step reads before it decides: an immutable snapshot of one run
+(its row with its version, its OrchestrationContext, its agent calls and decisions, and who
+owns its thread), loaded in one short read. The step plans on it with no transaction open
+and applies its plan with ``podium.lifecycle.runs.apply_step``, which checks the version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from podium.decisions import Decision
+from podium.store import (
+    TERMINAL_CALL_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    AgentCall,
+    CallStatus,
+    Database,
+    OrchestrationContext,
+    OrchestrationDecision,
+    Run,
+    RunStatus,
+    Thread,
+)
+
+
+@dataclass(frozen=True)
+class RunState:
+    id: str
+    tenant_id: str
+    thread_id: str
+    status: RunStatus
+    version: int
+    cancel_requested: bool
+    input: str
+    input_event_seq: int
+    requested_agent: str | None
+    requested_pattern: str | None
+    pattern: str | None
+    limits: dict[str, Any]
+    guards: tuple[dict[str, Any], ...]
+    awaiting: dict[str, Any] | None
+    request_class: str | None
+    deadline_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_RUN_STATUSES
+
+
+@dataclass(frozen=True)
+class ContextState:
+    id: str
+    cursor_seq: int
+    token_budget: int
+    tokens_used: int
+    summary: str | None
+    summarized_through_seq: int
+
+
+@dataclass(frozen=True)
+class CallView:
+    """One agent call as the orchestrator sees it."""
+
+    id: str
+    run_id: str
+    tenant_id: str
+    agent: str
+    pool: str
+    status: CallStatus
+    role: str
+    step_index: int
+    decision_seq: int
+    thread_id: str
+    parent_call_id: str | None
+    depth: int
+    task: str | None
+    context_mode: str
+    params: dict[str, Any]
+    output: str | None
+    error: dict[str, Any] | None
+    # How a call that handed control back ended: {"control": "handoff" | "delegate", ...}.
+    control: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    created_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_CALL_STATUSES
+
+    @property
+    def in_flight(self) -> bool:
+        return not self.finished
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (CallStatus.FAILED, CallStatus.CANCELLED)
+
+    @property
+    def handed_back(self) -> str | None:
+        """``"handoff"`` or ``"delegate"`` when the call ended by handing control back."""
+        if self.status != CallStatus.SUCCEEDED or not self.control:
+            return None
+        kind = self.control.get("control")
+        return str(kind) if kind in ("handoff", "delegate") else None
+
+    @classmethod
+    def of(cls, row: AgentCall) -> CallView:
+        return cls(
+            id=row.id,
+            run_id=row.run_id,
+            tenant_id=row.tenant_id,
+            agent=row.agent,
+            pool=row.pool,
+            status=CallStatus(row.status),
+            role=row.role,
+            step_index=row.step_index,
+            decision_seq=row.decision_seq,
+            thread_id=row.thread_id,
+            parent_call_id=row.parent_call_id,
+            depth=row.depth,
+            task=row.task,
+            context_mode=row.context_mode,
+            params=dict(row.params or {}),
+            output=row.output,
+            error=row.error,
+            control=row.result,
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            cost_usd=row.cost_usd,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    run: RunState
+    context: ContextState
+    calls: tuple[CallView, ...]
+    decisions: tuple[Decision, ...]
+    # The thread's last speaking agent, and whether this run may own the thread now (no older
+    # unfinished run on it, and no other run holding it).
+    last_agent: str | None
+    thread_free: bool
+
+    @property
+    def version(self) -> int:
+        return self.run.version
+
+    @property
+    def last_seq(self) -> int:
+        return max((d.seq for d in self.decisions), default=0)
+
+
+def _run_state(run: Run) -> RunState:
+    return RunState(
+        id=run.id,
+        tenant_id=run.tenant_id,
+        thread_id=run.thread_id,
+        status=RunStatus(run.status),
+        version=run.version,
+        cancel_requested=run.cancel_requested,
+        input=run.input,
+        input_event_seq=run.input_event_seq,
+        requested_agent=run.requested_agent,
+        requested_pattern=run.requested_pattern,
+        pattern=run.pattern,
+        limits=dict(run.limits or {}),
+        guards=tuple(run.guards or ()),
+        awaiting=dict(run.awaiting) if run.awaiting else None,
+        request_class=run.request_class,
+        deadline_at=run.deadline_at,
+        created_at=run.created_at,
+        started_at=run.started_at,
+    )
+
+
+def load_snapshot(db: Database, run_id: str) -> RunSnapshot | None:
+    """The run as it stands, or None if it does not exist."""
+    with db.read() as session:
+        row = session.execute(
+            select(Run, OrchestrationContext)
+            .join(OrchestrationContext, OrchestrationContext.run_id == Run.id)
+            .where(Run.id == run_id)
+        ).first()
+        if row is None:
+            return None
+        run, context = row
+        state = _run_state(run)
+        if state.terminal:
+            return RunSnapshot(state, _context(context), (), (), None, False)
+        calls = session.scalars(
+            select(AgentCall)
+            .where(AgentCall.run_id == run_id)
+            .order_by(AgentCall.created_at, AgentCall.id)
+        ).all()
+        decisions = session.scalars(
+            select(OrchestrationDecision)
+            .where(OrchestrationDecision.context_id == context.id)
+            .order_by(OrchestrationDecision.seq)
+        ).all()
+        last_agent, owner = session.execute(
+            select(Thread.last_agent, Thread.active_run_id).where(Thread.id == run.thread_id)
+        ).one()
+        free = owner in (None, run.id)
+        if free and state.status == RunStatus.QUEUED:
+            oldest = session.scalars(
+                select(Run.id)
+                .where(
+                    Run.thread_id == run.thread_id,
+                    Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+                )
+                .order_by(Run.created_at, Run.id)
+                .limit(1)
+            ).first()
+            free = oldest == run.id
+        return RunSnapshot(
+            run=state,
+            context=_context(context),
+            calls=tuple(CallView.of(c) for c in calls),
+            decisions=tuple(Decision.from_row(d) for d in decisions),
+            last_agent=last_agent,
+            thread_free=free,
+        )
+
+
+def _context(row: OrchestrationContext) -> ContextState:
+    return ContextState(
+        id=row.id,
+        cursor_seq=row.cursor_seq,
+        token_budget=row.token_budget,
+        tokens_used=row.tokens_used,
+        summary=row.summary,
+        summarized_through_seq=row.summarized_through_seq,
+    )

@@ -1,0 +1,101 @@
+"""Threads and their append-only event logs. Every append goes through ``append_event``,
+inside a lifecycle transition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
+
+from podium.lifecycle.tx import owned_transaction
+from podium.runtime import Runtime
+from podium.store.models import Thread, ThreadEvent, new_id, utcnow
+
+
+def next_seq(session: Session, thread_id: str) -> int:
+    """Reserve the next event seq of a thread. The UPDATE row-locks the thread until commit,
+    so concurrent appends to one thread get consecutive, unique seqs on every backend."""
+    seq = session.execute(
+        update(Thread)
+        .where(Thread.id == thread_id)
+        .values(event_count=Thread.event_count + 1)
+        .returning(Thread.event_count)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if seq is None:
+        raise LookupError(f"thread {thread_id} does not exist")
+    return int(seq)
+
+
+def append_event(
+    session: Session,
+    *,
+    tenant_id: str,
+    thread_id: str,
+    kind: str,
+    role: str,
+    content: str,
+    agent: str | None = None,
+    run_id: str | None = None,
+    call_id: str | None = None,
+    data: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> tuple[str, int]:
+    """Append one event; returns its id and seq."""
+    event_id, seq = new_id(), next_seq(session, thread_id)
+    session.execute(
+        insert(ThreadEvent).values(
+            id=event_id,
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            seq=seq,
+            kind=str(kind),
+            role=role,
+            agent=agent,
+            content=content,
+            run_id=run_id,
+            call_id=call_id,
+            data=data or {},
+            dedupe_key=dedupe_key,
+            created_at=utcnow(),
+        )
+    )
+    return event_id, seq
+
+
+def create_thread(
+    runtime: Runtime,
+    tenant_id: str,
+    *,
+    title: str | None,
+    metadata: dict[str, Any],
+    parent_thread_id: str | None = None,
+) -> Thread:
+    """A new, empty thread of ``tenant_id`` (returned detached)."""
+    with owned_transaction(runtime, tenant_id) as tx:
+        thread = Thread(
+            tenant_id=tenant_id, title=title, meta=metadata, parent_thread_id=parent_thread_id
+        )
+        tx.session.add(thread)
+        tx.session.flush()
+        tx.session.expunge(thread)
+        return thread
+
+
+def open_sub_thread(
+    session: Session, *, tenant_id: str, thread_id: str, parent_thread_id: str, title: str
+) -> None:
+    now = utcnow()
+    session.execute(
+        insert(Thread).values(
+            id=thread_id,
+            tenant_id=tenant_id,
+            title=title[:500],
+            meta={},
+            event_count=0,
+            parent_thread_id=parent_thread_id,
+            created_at=now,
+            updated_at=now,
+        )
+    )
