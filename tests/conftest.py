@@ -3,8 +3,10 @@ machine's Redis (an isolated key prefix) and PostgreSQL (a database created and 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +18,38 @@ from sqlalchemy import Engine, create_engine
 from podium.client import PodiumClient
 from podium.store.provision import drop_database, ensure_database
 from tests.support.services import ensure_postgres, ensure_redis
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack, base_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 PG_SERVER = os.environ.get("PODIUM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("PODIUM_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The guard against LLM calls inside a transaction (podium.store.guards), for the whole
+    # suite: every process reports to one file (the services a test starts inherit these),
+    # and _no_llm_call_inside_a_transaction fails the test during which a report appears.
+    fd, report = tempfile.mkstemp(prefix="podium-guard-", suffix=".jsonl")
+    os.close(fd)
+    os.environ["PODIUM_GUARD_REPORT"] = report
+    os.environ["PODIUM_STRICT_GUARDS"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _no_llm_call_inside_a_transaction() -> Iterator[None]:
+    report = Path(os.environ["PODIUM_GUARD_REPORT"])
+    before = report.stat().st_size if report.exists() else 0
+    yield
+    if report.exists() and report.stat().st_size > before:
+        with report.open(encoding="utf-8") as lines:
+            lines.seek(before)
+            found = [json.loads(line) for line in lines if line.strip()]
+        pytest.fail(
+            "an LLM call was made while a database connection was held:\n"
+            + "\n".join(f"pid {v['pid']}: {v['what']}\n{v['stack']}" for v in found),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +70,6 @@ def redis_prefix() -> Iterator[str]:
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)
     client.close()
-
-
-def base_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env.update(overrides)
-    return env
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ from sqlalchemy import Engine, create_engine, text
 from podium.client import PodiumClient
 from podium.settings import Settings
 from podium.store.provision import ensure_database
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack, base_env, free_port
 
 # The worker pool runs 64 calls at once (PODIUM_WORKER_CONCURRENCY's default); 8 s each keeps
 # them all in flight while the burst is still being submitted, and when the worker is killed.
@@ -67,12 +67,6 @@ FAST_RECOVERY = {
     "PODIUM_HEALTH_PROBE_INTERVAL_S": "0.5",
     "PODIUM_CALL_TIMEOUT_S": "30",
 }
-
-
-def base_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env.update(overrides)
-    return env
 
 
 def fault_env(database_url: str, redis_url: str, prefix: str, **overrides: str) -> dict[str, str]:

@@ -9,13 +9,14 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, update
 
+from podium.lifecycle.threads import append_event
 from podium.settings import Settings
 from podium.store import Base, Database, Run, Tenant, Thread, ThreadEvent, tenant_session
+from podium.store.guards import ForeignWrite, owner_writes
 from podium.store.migrate import downgrade, upgrade
 from podium.store.provision import drop_database, ensure_database
-from podium.store.threads import append_event
 from tests.conftest import PG_SERVER
 from tests.support.services import ensure_postgres
 
@@ -67,7 +68,7 @@ def test_migrations_are_reversible_and_rerunnable(db):
 
 
 def _tenant_with_thread(db, name):
-    with db.session() as s:
+    with owner_writes(), db.session() as s:
         tenant = Tenant(name=name)
         s.add(tenant)
         s.flush()
@@ -80,14 +81,14 @@ def _tenant_with_thread(db, name):
 def test_tenant_sessions_only_see_their_own_rows(db):
     a, thread_a = _tenant_with_thread(db, "a")
     b, thread_b = _tenant_with_thread(db, "b")
-    with tenant_session(db, a) as s:
+    with owner_writes(), tenant_session(db, a) as s:
         assert [t.id for t in s.scalars(select(Thread))] == [thread_a]
         assert s.scalars(select(Thread).where(Thread.id == thread_b)).first() is None
         # Stamped automatically, and never allowed to write another tenant's row.
         s.add(Thread(title="stamped"))
         s.flush()
         assert s.scalars(select(Thread).where(Thread.title == "stamped")).one().tenant_id == a
-    with pytest.raises(PermissionError), tenant_session(db, a) as s:
+    with pytest.raises(PermissionError), owner_writes(), tenant_session(db, a) as s:
         s.add(Thread(tenant_id=b, title="smuggled"))
         s.flush()
     with db.session() as s:  # unscoped system session sees everything
@@ -95,11 +96,10 @@ def test_tenant_sessions_only_see_their_own_rows(db):
 
 
 def test_scoped_updates_cannot_touch_other_tenants(db):
-    from sqlalchemy import update
 
     a, _ = _tenant_with_thread(db, "a")
     _, thread_b = _tenant_with_thread(db, "b")
-    with tenant_session(db, a) as s:
+    with owner_writes(), tenant_session(db, a) as s:
         result = s.execute(update(Thread).where(Thread.id == thread_b).values(title="pwned"))
         assert result.rowcount == 0
     with db.session() as s:
@@ -110,7 +110,7 @@ def test_concurrent_appends_get_unique_consecutive_seqs(db):
     tenant, thread = _tenant_with_thread(db, "seq")
 
     def append(n: int) -> int:
-        with db.session() as s:
+        with owner_writes(), db.session() as s:
             return append_event(
                 s,
                 tenant_id=tenant,
@@ -118,7 +118,7 @@ def test_concurrent_appends_get_unique_consecutive_seqs(db):
                 kind="user_message",
                 role="user",
                 content=str(n),
-            ).seq
+            )[1]
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         seqs = sorted(pool.map(append, range(40)))
@@ -130,28 +130,17 @@ def test_concurrent_appends_get_unique_consecutive_seqs(db):
         )
 
 
-def test_run_version_check_rejects_a_stale_write(db):
-    from sqlalchemy.orm.exc import StaleDataError
-
-    tenant, thread = _tenant_with_thread(db, "v")
-    with db.session() as s:
-        run = Run(tenant_id=tenant, thread_id=thread, input="x", input_event_seq=1)
-        s.add(run)
+def test_run_state_cannot_be_written_outside_the_lifecycle(db):
+    tenant, thread = _tenant_with_thread(db, "guard")
+    with pytest.raises(ForeignWrite, match=r"'runs' outside podium\.lifecycle"), db.session() as s:
+        s.add(Run(tenant_id=tenant, thread_id=thread, input="x", input_event_seq=1))
         s.flush()
-        run_id = run.id
-    # Both read version 1 (SQLite allows one writer at a time, so the reads are committed).
-    first, second = db.sessions(), db.sessions()
-    r1 = first.get(Run, run_id)
-    first.commit()
-    r2 = second.get(Run, run_id)
-    second.commit()
-    r1.status = "running"
-    first.commit()
-    r2.status = "failed"
-    with pytest.raises(StaleDataError):
-        second.commit()
-    first.close()
-    second.close()
+    with pytest.raises(ForeignWrite, match="'threads'"), db.session() as s:
+        s.execute(update(Thread).where(Thread.id == thread).values(title="renamed"))
+    with owner_writes(), db.session() as s:  # the lifecycle may
+        s.execute(update(Thread).where(Thread.id == thread).values(title="renamed"))
+    with db.session() as s:
+        assert s.get(Thread, thread).title == "renamed"
 
 
 def test_engine_url_normalises_plain_postgresql_scheme():

@@ -23,6 +23,19 @@ SERVICES = {
 }
 
 
+# Kept in the services' environment, so the suite's guards (podium.store.guards) run in every
+# process a test starts; see tests/conftest.py.
+GUARD_VARS = ("PODIUM_GUARD_REPORT", "PODIUM_STRICT_GUARDS")
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """The environment of a service a test starts: this one without PODIUM_ settings (the
+    guards' excepted), plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_") or k in GUARD_VARS}
+    env.update(overrides)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
@@ -55,8 +56,10 @@ from podium_agent_worker.tools import default_registry
 
 log = logging.getLogger(__name__)
 
-# How long a finished call waits for the store to come back before giving up its commit.
+# How long a claimed call waits for the store to come back before giving up.
 COMMIT_PATIENCE_S = 120.0
+
+T = TypeVar("T")
 
 
 class Executor:
@@ -76,11 +79,16 @@ class Executor:
         self.takeover_grace_s = self.settings.call_lease_s / 3
 
     def execute(self, message: ExecuteAgentCall) -> str | None:
-        claimed = self._claim(message)
-        if claimed is None:
+        if not self._claim(message):
             self._free_slot_if_finished(message)
             return None
         try:
+            # Claimed and leased: from here the call is this worker's, so a store outage is
+            # waited out rather than giving the call up to a takeover.
+            claimed = self._patiently(
+                f"call {message.call_id}",
+                lambda: call_lifecycle.load_claimed(self.runtime, message.call_id),
+            )
             status = self._execute(claimed)
         finally:
             self.leases.drop(message.call_id)
@@ -95,40 +103,40 @@ class Executor:
         return status
 
     # --- claim ------------------------------------------------------------------------------
-    def _claim(self, message: ExecuteAgentCall) -> ClaimedCall | None:
+    def _claim(self, message: ExecuteAgentCall) -> bool:
+        """Claim the call (and hold its lease), or say why not in the log."""
         call_id = message.call_id
-        claimed = call_lifecycle.claim(self.runtime, call_id)
-        if claimed is not None:
+        if call_lifecycle.claim(self.runtime, call_id):
             self.leases.hold(call_id)
-            return claimed
+            return True
         state = call_lifecycle.state(self.runtime, call_id, grace_s=self.takeover_grace_s)
         if state is None:
             log.warning("call %s does not exist; dropping the message", call_id)
-            return None
+            return False
         if state.status in TERMINAL_CALL_STATUSES:
-            return None  # already done: a redelivery spends nothing
+            return False  # already done: a redelivery spends nothing
         if not state.run_open:
             call_lifecycle.cancel_open(self.runtime, call_id, state.run_id)
-            return None
+            return False
         if state.status != CallStatus.RUNNING:
-            return None
+            return False
         if self.leases.alive_elsewhere(call_id) or not state.started_long_ago:
             # A duplicate delivery (reaper re-send, visibility-timeout restore) of a call a
             # live worker is executing: that worker commits it.
             log.info("call %s is running elsewhere; duplicate delivery dropped", call_id)
-            return None
+            return False
         if state.attempts >= self.settings.call_max_attempts:
             # Started that many times and lost every time (a call that kills its worker?):
             # stop here; the run's pattern decides what a failed call means.
             call_lifecycle.give_up_lost(self.runtime, call_id, state.run_id, state.attempts)
-            return None
-        claimed = call_lifecycle.take_over(
+            return False
+        if call_lifecycle.take_over(
             self.runtime, call_id, state.attempts, grace_s=self.takeover_grace_s
-        )
-        if claimed is not None:
+        ):
             log.warning("call %s lost its worker (lease lapsed); taken over", call_id)
             self.leases.hold(call_id)
-        return claimed
+            return True
+        return False
 
     def _free_slot_if_finished(self, message: ExecuteAgentCall) -> None:
         """A message for a call that is already over (cancelled while it waited for its
@@ -166,8 +174,11 @@ class Executor:
         started = time.perf_counter()
         primary = call.params.get("provider") or self.settings.llm_provider
         requested = call.params.get("model") or self.settings.llm_model
+        context = self._patiently(
+            "load the context of", lambda: load_context(self.runtime.db, claimed)
+        )
         try:
-            outcome = self.loop.run(call, load_context(self.runtime.db, claimed))
+            outcome = self.loop.run(call, context)
         except CallCancelled:
             self._commit(call, CallResult(CallStatus.CANCELLED), None)
             self._publish(call, "agent_call.cancelled", {"agent": call.agent})
@@ -259,18 +270,25 @@ class Executor:
         return CallStatus.SUCCEEDED
 
     def _commit(self, call: CallView, result: CallResult, answer: str | None) -> bool:
-        """Commit the outcome once. A store outage is waited out (up to COMMIT_PATIENCE_S,
-        the lease renewed meanwhile) rather than thrown away: redoing the call would spend on
-        the provider again for a result already in hand."""
+        """Commit the outcome once. A store outage is waited out rather than thrown away:
+        redoing the call would spend on the provider again for a result already in hand."""
+        return self._patiently(
+            f"commit {call.id}",
+            lambda: call_lifecycle.commit(self.runtime, call, result, answer),
+        )
+
+    def _patiently(self, what: str, work: Callable[[], T]) -> T:
+        """``work``, retried while the store is unreachable (up to COMMIT_PATIENCE_S, the
+        lease renewed meanwhile)."""
         deadline = time.monotonic() + COMMIT_PATIENCE_S
         delay = 0.25
         while True:
             try:
-                return call_lifecycle.commit(self.runtime, call, result, answer)
+                return work()
             except Exception as exc:
                 if not is_outage(exc) or time.monotonic() + delay > deadline:
                     raise
-                log.warning("commit of call %s waits for the store: %s", call.id, exc)
+                log.warning("%s waits for the store: %s", what, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -28,6 +28,7 @@ DELTA_EVENTS = 12
 # summary as a whole in at most DELTA_SUMMARY_CHARS.
 DELTA_LINE_CHARS = 80
 DELTA_SUMMARY_CHARS = 1200
+COUNT_LINE_CHARS = 150
 MESSAGE_CHARS = 1200
 DELTA_MESSAGE_CHARS = 500
 SHOWN_KINDS = (EventKind.USER_MESSAGE, EventKind.AGENT_MESSAGE, EventKind.SUMMARY)
@@ -46,7 +47,7 @@ def estimate_tokens(text: str) -> int:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " […]"
+    return text if len(text) <= limit else text[: max(0, limit - 4)] + " […]"
 
 
 def _message(event: EventView, limit: int) -> ChatMessage:
@@ -93,7 +94,8 @@ def summarise(older: Sequence[EventView], hidden: int) -> str:
     count = len(older) + hidden
     head = f"{count} earlier message(s) since your last decision, in short:"
     lines: list[str] = []
-    used = len(head)
+    # Room is kept for the line that counts what has no line of its own.
+    used = len(head) + COUNT_LINE_CHARS
     for event in reversed(older):  # the newest of the older ones matter most
         who = "user" if event.kind == EventKind.USER_MESSAGE else (event.agent or event.kind)
         line = f"- {who}: {_clip(' '.join(event.content.split()), DELTA_LINE_CHARS)}"
@@ -108,7 +110,7 @@ def summarise(older: Sequence[EventView], hidden: int) -> str:
             for e in older[: len(older) - len(lines)]
         )
         who = ", ".join(f"{n} from {s}" for s, n in speakers.most_common()) or "not loaded"
-        lines.insert(0, f"- {left_out} older message(s) not shown ({who})")
+        lines.insert(0, _clip(f"- {left_out} older message(s) not shown ({who})", COUNT_LINE_CHARS))
     return "\n".join([head, *lines])
 
 

@@ -52,7 +52,8 @@ class ClaimedCall:
     run_input_event_seq: int
 
 
-def _claimed(runtime: Runtime, call_id: str) -> ClaimedCall:
+def load_claimed(runtime: Runtime, call_id: str) -> ClaimedCall:
+    """A claimed call as its worker needs it (a short read)."""
     with runtime.db.read() as session:
         row = session.execute(
             select(AgentCall, Run.thread_id, Run.input, Run.input_event_seq)
@@ -70,8 +71,8 @@ def _claimed(runtime: Runtime, call_id: str) -> ClaimedCall:
         )
 
 
-def claim(runtime: Runtime, call_id: str) -> ClaimedCall | None:
-    """``pending -> running``, if the call's run still wants it. None: not claimed (some
+def claim(runtime: Runtime, call_id: str) -> bool:
+    """``pending -> running``, if the call's run still wants it. False: not claimed (some
     other delivery did, or there is nothing to do); see ``take_over`` for running calls."""
     run_open = exists().where(
         Run.id == AgentCall.run_id,
@@ -89,7 +90,7 @@ def claim(runtime: Runtime, call_id: str) -> ClaimedCall | None:
             )
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
-    return _claimed(runtime, call_id) if won else None
+    return bool(won)
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,7 @@ def state(runtime: Runtime, call_id: str, *, grace_s: float) -> CallState | None
     )
 
 
-def take_over(
-    runtime: Runtime, call_id: str, attempts: int, *, grace_s: float
-) -> ClaimedCall | None:
+def take_over(runtime: Runtime, call_id: str, attempts: int, *, grace_s: float) -> bool:
     """A ``running`` call whose worker was lost (its lease lapsed: checked by the caller
     before this) is claimed again, if nobody did since (``attempts`` unchanged) and it was
     started more than ``grace_s`` ago (a worker that just claimed it has not taken its lease
@@ -151,7 +150,7 @@ def take_over(
             .values(attempts=attempts + 1, started_at=utcnow())
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
-    return _claimed(runtime, call_id) if won else None
+    return bool(won)
 
 
 def cancel_open(runtime: Runtime, call_id: str, run_id: str) -> bool:
@@ -378,6 +377,7 @@ __all__ = [
     "commit",
     "finished_states",
     "give_up_lost",
+    "load_claimed",
     "record_tool_step",
     "resend",
     "resubmit",
