@@ -244,12 +244,6 @@ class AnthropicProvider:
                 kind = _STREAM_ERROR_KINDS.get(exc.type or "", ProviderErrorKind.SERVER)
             elif status == 529 or isinstance(exc, anthropic.InternalServerError):
                 kind = ProviderErrorKind.SERVER
-            elif isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
-                kind = ProviderErrorKind.AUTH
-            elif isinstance(exc, anthropic.NotFoundError) or exc.type == "not_found_error":
-                kind = ProviderErrorKind.NOT_FOUND
-            elif exc.type == "billing_error":
-                kind = ProviderErrorKind.BILLING
             else:
                 kind = kind_for_status(status)
             message = exc.api_message or exc.message

@@ -336,7 +336,7 @@ class OpenAIProvider:
             kind = kind_for_status(exc.status_code)
             if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
                 kind = ProviderErrorKind.AUTH
-            elif isinstance(exc, openai.NotFoundError) or exc.code == "model_not_found":
+            elif exc.code == "model_not_found":
                 # Some OpenAI-compatible servers answer an unknown model with a 400.
                 kind = ProviderErrorKind.NOT_FOUND
             elif exc.code == "insufficient_quota":
