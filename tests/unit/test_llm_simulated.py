@@ -181,22 +181,23 @@ def test_error_kind_knob(kind: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("forced", "retryable"),
+    ("forced", "retryable", "status"),
     [
-        ("rate_limit", True),
-        ("server", True),
-        ("timeout", True),
-        ("bad_request", False),
-        ("not_found", False),
+        ("rate_limit", True, 429),
+        ("server", True, 503),
+        ("timeout", True, None),
+        ("bad_request", False, 400),
+        ("not_found", False, 404),
     ],
 )
-def test_simulate_error_forces_every_call(forced: str, retryable: bool) -> None:
+def test_simulate_error_forces_every_call(forced: str, retryable: bool, status: int | None) -> None:
     provider = SimulatedProvider()
     for attempt in range(3):
         with pytest.raises(ProviderError) as info:
             provider.complete(_request(metadata={"simulate_error": forced, "attempt": attempt}))
         assert info.value.kind == ProviderErrorKind(forced)
         assert info.value.retryable is retryable
+        assert info.value.status_code == status
 
 
 def test_script_steps_return_scripted_tool_calls() -> None:
