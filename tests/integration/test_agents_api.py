@@ -172,6 +172,19 @@ def test_patterns_need_a_key(stack):
     assert httpx.get(f"{stack.url}/v1/patterns").status_code == 401
 
 
+def _unconfigured(name: str) -> str:
+    return (
+        f"agent {name!r} uses provider 'anthropic', but PODIUM_ANTHROPIC_API_KEY is not set in "
+        "this deployment; its calls will fail"
+    )
+
+
+@pytest.fixture
+def no_anthropic_key(stack):
+    if stack.env.get("ANTHROPIC_API_KEY") or stack.env.get("PODIUM_ANTHROPIC_API_KEY"):
+        pytest.skip("the stack's environment has an Anthropic key")
+
+
 def _import(stack, key, *args):
     env = dict(stack.env, PODIUM_URL=stack.url, PODIUM_API_KEY=key)
     return subprocess.run(
@@ -184,7 +197,7 @@ def _import(stack, key, *args):
     )
 
 
-def test_podium_agents_import_creates_the_coday_agents(stack, make_tenant):
+def test_podium_agents_import_creates_the_coday_agents(stack, make_tenant, no_anthropic_key):
     t = make_tenant()
     dry = _import(stack, t.key, "import", "--dry-run", str(FIXTURE))
     assert dry.returncode == 0, dry.stdout + dry.stderr
@@ -202,6 +215,10 @@ def test_podium_agents_import_creates_the_coday_agents(stack, make_tenant):
         "3 created, 0 replaced, 0 failed",
     ]
     assert "warning: agent 'archay': integration 'GIT'" in done.stderr
+    # archay's provider has no key in the stack (openai has one; tech-lead uses the default,
+    # simulated): warned once, and the agent is stored all the same.
+    assert done.stderr.count("uses provider") == 1, done.stderr
+    assert f"warning: {_unconfigured('archay')}" in done.stderr.splitlines()
 
     archay = t.client.get_agent("archay")
     assert archay["provider"] == "anthropic"
@@ -228,6 +245,45 @@ def test_podium_agents_import_creates_the_coday_agents(stack, make_tenant):
     assert run["status"] == "completed", run
     decisions = t.client.orchestration(run["id"])["decisions"]
     assert decisions[0]["dimensions"]["agent"] == "tech-lead"
+
+
+def test_put_warns_when_the_provider_has_no_credentials_here(make_tenant, no_anthropic_key):
+    t = make_tenant()
+    r = t.client.http.put(
+        "/v1/agents/claude-fan", json={"provider": "anthropic", "model": "claude-x"}
+    )
+    # Stored all the same: the key may be set on the agent workers only.
+    assert r.status_code == 201, r.text
+    warning = {
+        "code": "provider_not_configured",
+        "message": _unconfigured("claude-fan"),
+        "provider": "anthropic",
+        "missing_settings": ["PODIUM_ANTHROPIC_API_KEY"],
+    }
+    assert r.json()["warnings"] == [warning]
+    assert t.client.get_agent("claude-fan")["warnings"] == [warning]
+    listed = {a["name"]: a["warnings"] for a in t.client.list_agents()}
+    assert listed["claude-fan"] == [warning]
+    assert not any(w for name, w in listed.items() if name != "claude-fan")
+    # Providers the stack has credentials for, or no provider (the default, simulated).
+    for body in ({"provider": "openai"}, {"provider": "simulated"}, {}):
+        r = t.client.http.put("/v1/agents/claude-fan", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["warnings"] == [], body
+
+
+def test_agent_warnings_are_in_the_openapi_schema(stack):
+    import httpx
+
+    schemas = httpx.get(f"{stack.url}/openapi.json").json()["components"]["schemas"]
+    assert schemas["AgentOut"]["properties"]["warnings"]["items"] == {
+        "$ref": "#/components/schemas/AgentWarning"
+    }
+    warning = schemas["AgentWarning"]
+    code = warning["properties"]["code"]
+    # One known code is a "const"; more would make an "enum".
+    assert code.get("enum", [code.get("const")]) == ["provider_not_configured"]
+    assert set(warning["required"]) == {"code", "message", "provider", "missing_settings"}
 
 
 def test_podium_agents_import_reports_failures_and_goes_on(stack, make_tenant, tmp_path):

@@ -145,6 +145,31 @@ def test_fallback_provider_chain(make_tenant, store):
     assert len(call["error"]["retries"]) == 3  # retried with backoff before falling back
 
 
+def test_an_agent_whose_provider_has_no_key_fails_at_once(make_tenant, store, stack):
+    """No Anthropic key in the stack: the call fails on its first try with an error naming
+    the variable, instead of being redelivered until the reaper calls it lost (minutes)."""
+    if stack.env.get("ANTHROPIC_API_KEY"):
+        pytest.skip("the stack's environment has an Anthropic key")
+    t = make_tenant()
+    t.client.put_agent(
+        "keyless",
+        {"instructions": "Answer.", "provider": "anthropic", "model": "claude-sonnet-4-5"},
+    )
+    thread = t.client.create_thread()
+    started = time.monotonic()
+    # Well below the reaper's lease (30 s), which a lost call needs at least once.
+    run = finished(t.client, thread["id"], "@keyless hello", timeout=20)
+    assert time.monotonic() - started < 20
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "provider_not_configured", run["error"]
+    [call] = calls_of(store, run["id"])
+    assert call["status"] == "failed"
+    # Not retried on the fallback either: the agent asked for Anthropic.
+    assert call["error"]["message"] == (
+        "anthropic: not_configured: PODIUM_ANTHROPIC_API_KEY is not set"
+    )
+
+
 def test_every_provider_failing_gives_a_clean_failed_run(make_tenant, store):
     t = make_tenant()
     thread = t.client.create_thread()

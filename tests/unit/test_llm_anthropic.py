@@ -386,6 +386,7 @@ def test_rate_limit_maps_with_retry_after(server: FakeAnthropic) -> None:
     assert len(server.requests) == 1  # the SDK itself never retries
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize(
     ("status", "error_type", "kind", "retryable"),
     [
@@ -393,18 +394,61 @@ def test_rate_limit_maps_with_retry_after(server: FakeAnthropic) -> None:
         (529, "overloaded_error", ProviderErrorKind.SERVER, True),
         (401, "authentication_error", ProviderErrorKind.AUTH, False),
         (403, "permission_error", ProviderErrorKind.AUTH, False),
+        (404, "not_found_error", ProviderErrorKind.NOT_FOUND, False),
         (400, "invalid_request_error", ProviderErrorKind.BAD_REQUEST, False),
+        (413, "invalid_request_error", ProviderErrorKind.BAD_REQUEST, False),
+        (402, "billing_error", ProviderErrorKind.BILLING, False),
     ],
 )
 def test_status_errors_map_to_kinds(
-    server: FakeAnthropic, status: int, error_type: str, kind: ProviderErrorKind, retryable: bool
+    server: FakeAnthropic,
+    status: int,
+    error_type: str,
+    kind: ProviderErrorKind,
+    retryable: bool,
+    streaming: bool,
 ) -> None:
-    server.reply = Reply(status=status, json_body=_error_body(error_type))
+    server.reply = Reply(
+        status=status, json_body=_error_body(error_type), headers={"Retry-After": "3"}
+    )
+    with pytest.raises(ProviderError) as info:
+        _provider(server).complete(_request(), on_delta=(lambda _d: None) if streaming else None)
+    err = info.value
+    assert err.kind is kind
+    assert err.retryable is retryable
+    assert err.permanent is not retryable
+    assert err.status_code == status
+    # A server's Retry-After means nothing for an error no wait can fix.
+    assert err.retry_after_s == (3.0 if retryable else None)
+    assert len(server.requests) == 1
+
+
+def test_unknown_model_error_names_the_model(server: FakeAnthropic) -> None:
+    server.reply = Reply(status=404, json_body=_error_body("not_found_error", "model: claude-x"))
     with pytest.raises(ProviderError) as info:
         _provider(server).complete(_request())
+    assert str(info.value) == (
+        "anthropic: not_found: model 'claude-test' not found (or a wrong base URL): model: claude-x"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error_type", "kind"),
+    [
+        ("authentication_error", ProviderErrorKind.AUTH),
+        ("not_found_error", ProviderErrorKind.NOT_FOUND),
+        ("billing_error", ProviderErrorKind.BILLING),
+        ("overloaded_error", ProviderErrorKind.SERVER),
+    ],
+)
+def test_error_event_types_inside_a_stream_map_to_kinds(
+    server: FakeAnthropic, error_type: str, kind: ProviderErrorKind
+) -> None:
+    events = _stream([({"type": "text", "text": ""}, [{"type": "text_delta", "text": "Hi"}])])
+    server.reply = Reply(events=[*events[:4], ("error", _error_body(error_type))])
+    with pytest.raises(ProviderError) as info:
+        _provider(server).complete(_request(), on_delta=lambda _d: None)
     assert info.value.kind is kind
-    assert info.value.retryable is retryable
-    assert info.value.status_code == status
 
 
 def test_status_error_while_streaming(server: FakeAnthropic) -> None:

@@ -378,26 +378,64 @@ def test_rate_limit_while_streaming(server: FakeOpenAI) -> None:
     assert info.value.retry_after_s == 2.0
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize(
-    ("status", "kind", "retryable"),
+    ("status", "error_type", "code", "kind"),
     [
-        (500, ProviderErrorKind.SERVER, True),
-        (503, ProviderErrorKind.SERVER, True),
-        (401, ProviderErrorKind.AUTH, False),
-        (403, ProviderErrorKind.AUTH, False),
-        (400, ProviderErrorKind.BAD_REQUEST, False),
-        (404, ProviderErrorKind.BAD_REQUEST, False),
+        (500, "server_error", None, ProviderErrorKind.SERVER),
+        (503, "server_error", None, ProviderErrorKind.SERVER),
+        (408, "timeout", None, ProviderErrorKind.TIMEOUT),
+        # What api.openai.com answers a wrong key, a project without access, an unknown
+        # model, a malformed request and an exhausted account with.
+        (401, "invalid_request_error", "invalid_api_key", ProviderErrorKind.AUTH),
+        (403, "invalid_request_error", None, ProviderErrorKind.AUTH),
+        (404, "invalid_request_error", "model_not_found", ProviderErrorKind.NOT_FOUND),
+        (400, "invalid_request_error", None, ProviderErrorKind.BAD_REQUEST),
+        (422, "invalid_request_error", None, ProviderErrorKind.BAD_REQUEST),
+        (429, "insufficient_quota", "insufficient_quota", ProviderErrorKind.BILLING),
+        (402, "billing", None, ProviderErrorKind.BILLING),
+        # An OpenAI-compatible server that answers an unknown model with a 400.
+        (400, "invalid_request_error", "model_not_found", ProviderErrorKind.NOT_FOUND),
+        # A 404 without a code: the model or the endpoint (a base URL without /v1).
+        (404, "error", None, ProviderErrorKind.NOT_FOUND),
     ],
 )
 def test_status_errors_map_to_kinds(
-    server: FakeOpenAI, status: int, kind: ProviderErrorKind, retryable: bool
+    server: FakeOpenAI,
+    status: int,
+    error_type: str,
+    code: str | None,
+    kind: ProviderErrorKind,
+    streaming: bool,
 ) -> None:
-    server.reply = Reply(status=status, json_body=_error_body("nope", "error"))
+    body = _error_body("nope", error_type)
+    body["error"]["code"] = code
+    server.reply = Reply(status=status, json_body=body, headers={"Retry-After": "3"})
+    with pytest.raises(ProviderError) as info:
+        _provider(server).complete(_request(), on_delta=(lambda _d: None) if streaming else None)
+    err = info.value
+    assert err.kind is kind
+    assert err.status_code == status
+    assert err.permanent is (status not in (408, 500, 503))
+    assert err.retryable is not err.permanent
+    # A server's Retry-After means nothing for an error no wait can fix.
+    if err.permanent:
+        assert err.retry_after_s is None
+    elif kind is ProviderErrorKind.SERVER:
+        assert err.retry_after_s == 3.0
+    assert len(server.requests) == 1
+
+
+def test_unknown_model_error_names_the_model(server: FakeOpenAI) -> None:
+    body = _error_body("The model `gpt-test` does not exist", "invalid_request_error")
+    body["error"]["code"] = "model_not_found"
+    server.reply = Reply(status=404, json_body=body)
     with pytest.raises(ProviderError) as info:
         _provider(server).complete(_request())
-    assert info.value.kind is kind
-    assert info.value.retryable is retryable
-    assert info.value.status_code == status
+    assert str(info.value).startswith(
+        "openai: not_found: model 'gpt-test' not found (or a wrong base URL): "
+    )
+    assert "does not exist" in str(info.value)
 
 
 def test_slow_server_times_out(server: FakeOpenAI) -> None:

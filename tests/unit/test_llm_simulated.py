@@ -16,6 +16,8 @@ from podium.llm import (
     SimulatedProvider,
     ToolSpec,
     build_provider,
+    missing_settings,
+    not_set_message,
 )
 from podium.settings import Settings
 
@@ -179,16 +181,23 @@ def test_error_kind_knob(kind: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("forced", "retryable"),
-    [("rate_limit", True), ("server", True), ("timeout", True), ("bad_request", False)],
+    ("forced", "retryable", "status"),
+    [
+        ("rate_limit", True, 429),
+        ("server", True, 503),
+        ("timeout", True, None),
+        ("bad_request", False, 400),
+        ("not_found", False, 404),
+    ],
 )
-def test_simulate_error_forces_every_call(forced: str, retryable: bool) -> None:
+def test_simulate_error_forces_every_call(forced: str, retryable: bool, status: int | None) -> None:
     provider = SimulatedProvider()
     for attempt in range(3):
         with pytest.raises(ProviderError) as info:
             provider.complete(_request(metadata={"simulate_error": forced, "attempt": attempt}))
         assert info.value.kind == ProviderErrorKind(forced)
         assert info.value.retryable is retryable
+        assert info.value.status_code == status
 
 
 def test_script_steps_return_scripted_tool_calls() -> None:
@@ -336,11 +345,59 @@ def test_build_unknown_provider_lists_valid_names() -> None:
         build_provider(_settings(), "gemini")
 
 
-def test_build_anthropic_without_key_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    monkeypatch.delenv("PODIUM_ANTHROPIC_API_KEY", raising=False)
-    with pytest.raises(ValueError, match="PODIUM_ANTHROPIC_API_KEY"):
-        build_provider(_settings(), "anthropic")
+@pytest.fixture
+def no_sdk_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for sdk in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(sdk, raising=False)
+        monkeypatch.delenv(f"PODIUM_{sdk}", raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("provider", "setting"),
+    [("anthropic", "PODIUM_ANTHROPIC_API_KEY"), ("openai", "PODIUM_OPENAI_API_KEY")],
+)
+def test_build_without_key_is_a_not_configured_error_naming_the_setting(
+    no_sdk_env: pytest.MonkeyPatch, provider: str, setting: str
+) -> None:
+    with pytest.raises(ProviderError) as info:
+        build_provider(_settings(), provider)
+    error = info.value
+    assert error.kind is ProviderErrorKind.NOT_CONFIGURED
+    assert error.permanent
+    assert error.provider == provider
+    assert str(error) == f"{provider}: not_configured: {setting} is not set"
+    # The deployment default when no name is given.
+    with pytest.raises(ProviderError, match=f"{setting} is not set"):
+        build_provider(_settings(llm_provider=provider))
+
+
+def test_missing_settings(no_sdk_env: pytest.MonkeyPatch) -> None:
+    bare = _settings()
+    assert missing_settings(bare, "simulated") == []
+    assert missing_settings(bare, "openai") == ["PODIUM_OPENAI_API_KEY"]
+    assert missing_settings(bare, "anthropic") == ["PODIUM_ANTHROPIC_API_KEY"]
+    assert missing_settings(_settings(openai_api_key="sk-x"), "openai") == []
+    assert missing_settings(_settings(anthropic_api_key="sk-ant-x"), "anthropic") == []
+    # A self-hosted OpenAI-compatible server needs no key; Anthropic always does.
+    assert missing_settings(_settings(openai_base_url="http://127.0.0.1:9/v1"), "openai") == []
+    with_url = _settings(anthropic_base_url="http://127.0.0.1:9")
+    assert missing_settings(with_url, "anthropic") == ["PODIUM_ANTHROPIC_API_KEY"]
+    # The SDKs' own variables count: the providers fall back to them.
+    no_sdk_env.setenv("OPENAI_API_KEY", "sk-x")
+    no_sdk_env.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
+    assert missing_settings(bare, "openai") == []
+    assert missing_settings(bare, "anthropic") == []
+    no_sdk_env.delenv("OPENAI_API_KEY")
+    no_sdk_env.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert missing_settings(bare, "openai") == []
+    with pytest.raises(ValueError, match="unknown LLM provider 'gemini'"):
+        missing_settings(bare, "gemini")
+
+
+def test_not_set_message() -> None:
+    assert not_set_message(["A"]) == "A is not set"
+    assert not_set_message(["A", "B", "C"]) == "A, B and C are not set"
 
 
 def test_build_remote_providers(monkeypatch: pytest.MonkeyPatch) -> None:

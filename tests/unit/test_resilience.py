@@ -1,13 +1,16 @@
-"""Retries, backoff and the provider fallback chain (DESIGN §7)."""
+"""Retries, backoff and the provider fallback chain (docs/architecture.md)."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 
 import pytest
 
 from podium.llm import (
+    PERMANENT_KINDS,
+    RETRYABLE_KINDS,
     ChatMessage,
     ChatRequest,
     ChatResult,
@@ -131,8 +134,55 @@ def test_retry_after_beyond_the_cap_moves_to_the_fallback_at_once():
     assert len(a.requests) == 1
 
 
+def test_every_kind_is_either_retryable_or_permanent():
+    assert set(ProviderErrorKind) == RETRYABLE_KINDS | PERMANENT_KINDS
+    assert not RETRYABLE_KINDS & PERMANENT_KINDS
+    for kind in ProviderErrorKind:
+        error = err(kind)
+        assert error.permanent is (not error.retryable)
+
+
+@pytest.mark.parametrize(
+    ("kind", "permanent"),
+    [
+        (ProviderErrorKind.RATE_LIMIT, False),
+        (ProviderErrorKind.SERVER, False),
+        (ProviderErrorKind.TIMEOUT, False),
+        (ProviderErrorKind.CONNECTION, False),
+        (ProviderErrorKind.BAD_REQUEST, True),
+        (ProviderErrorKind.AUTH, True),
+        (ProviderErrorKind.NOT_FOUND, True),
+        (ProviderErrorKind.BILLING, True),
+        (ProviderErrorKind.NOT_CONFIGURED, True),
+    ],
+)
+def test_classification(kind, permanent):
+    assert err(kind).permanent is permanent
+    assert err(kind).retryable is not permanent
+
+
+PERMANENT = [
+    ProviderErrorKind.BAD_REQUEST,
+    ProviderErrorKind.AUTH,
+    ProviderErrorKind.NOT_FOUND,
+    ProviderErrorKind.BILLING,
+    ProviderErrorKind.NOT_CONFIGURED,
+]
+
+
+@pytest.mark.parametrize("kind", PERMANENT)
+def test_permanent_error_of_the_only_provider_fails_after_one_try(kind):
+    a = ScriptedProvider("a", [err(kind)] * 3)
+    sleep = FakeSleep()
+    with pytest.raises(AllProvidersFailed) as caught:
+        complete_with_fallback([a], request(), policy=NO_JITTER, sleep=sleep)
+    assert len(a.requests) == 1
+    assert sleep.delays == []
+    assert caught.value.last_error.kind is kind
+
+
 def test_non_retryable_error_skips_straight_to_the_fallback():
-    for kind in (ProviderErrorKind.BAD_REQUEST, ProviderErrorKind.AUTH):
+    for kind in PERMANENT:
         a = ScriptedProvider("a", [err(kind)])
         b = ScriptedProvider("b")
         sleep = FakeSleep()
@@ -232,6 +282,122 @@ def test_should_stop_is_checked_before_falling_back():
     assert checks == [1]
 
 
+# --- what the log says --------------------------------------------------------------------
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "podium.llm.resilience"
+    ]
+
+
+def test_log_retries_then_falls_back_naming_the_next_provider(caplog):
+    a = ScriptedProvider("a", [err(ProviderErrorKind.SERVER, "a")] * 3)
+    sleep = FakeSleep()
+    with caplog.at_level(logging.INFO, logger="podium.llm.resilience"):
+        complete_with_fallback([a, ScriptedProvider("b")], request(), policy=NO_JITTER, sleep=sleep)
+    assert _messages(caplog) == [
+        ("INFO", "provider a: attempt 1 of 3 failed: a: server: scripted; retrying in 0.50s"),
+        ("INFO", "provider a: attempt 2 of 3 failed: a: server: scripted; retrying in 1.00s"),
+        (
+            "WARNING",
+            "provider a: giving up (attempt 3 of 3 failed): a: server: scripted; falling back to b",
+        ),
+    ]
+    # Every "retrying in X" was followed by a sleep of X.
+    assert sleep.delays == [0.5, 1.0]
+
+
+def test_log_permanent_error_is_not_retried_and_the_call_fails(caplog):
+    a = ScriptedProvider("a", [err(ProviderErrorKind.AUTH, "a")])
+    sleep = FakeSleep()
+    with (
+        caplog.at_level(logging.INFO, logger="podium.llm.resilience"),
+        pytest.raises(AllProvidersFailed),
+    ):
+        complete_with_fallback([a], request(), policy=NO_JITTER, sleep=sleep)
+    assert _messages(caplog) == [
+        (
+            "WARNING",
+            "provider a: giving up (a permanent error, not retried): a: auth: scripted; "
+            "no provider left, the call fails",
+        ),
+    ]
+    assert sleep.delays == []
+
+
+def test_log_permanent_error_falls_back(caplog):
+    a = ScriptedProvider("a", [err(ProviderErrorKind.NOT_FOUND, "a")])
+    with caplog.at_level(logging.INFO, logger="podium.llm.resilience"):
+        complete_with_fallback([a, ScriptedProvider("b")], request(), policy=NO_JITTER)
+    assert _messages(caplog) == [
+        (
+            "WARNING",
+            "provider a: giving up (a permanent error, not retried): a: not_found: scripted; "
+            "falling back to b",
+        ),
+    ]
+
+
+def test_log_retry_after_beyond_the_cap(caplog):
+    long_wait = err(ProviderErrorKind.RATE_LIMIT, "a", retry_after=60.0)
+    sleep = FakeSleep()
+    with caplog.at_level(logging.INFO, logger="podium.llm.resilience"):
+        # With a fallback: no wait at all.
+        complete_with_fallback(
+            [ScriptedProvider("a", [long_wait]), ScriptedProvider("b")],
+            request(),
+            policy=NO_JITTER,
+            sleep=sleep,
+        )
+        # Alone: the capped wait, and the log says it was capped.
+        complete_with_fallback(
+            [ScriptedProvider("a", [long_wait])], request(), policy=NO_JITTER, sleep=sleep
+        )
+    assert _messages(caplog) == [
+        (
+            "WARNING",
+            "provider a: giving up (asked to wait 60.0s, more than the 8.0s cap): "
+            "a: rate_limit: scripted; falling back to b",
+        ),
+        (
+            "INFO",
+            "provider a: attempt 1 of 3 failed: a: rate_limit: scripted; retrying in 8.00s "
+            "(asked for 60.0s, capped)",
+        ),
+    ]
+    assert sleep.delays == [8.0]
+
+
+def test_log_no_retrying_line_when_stopped_before_the_retry(caplog):
+    a = ScriptedProvider("a", [err(ProviderErrorKind.SERVER, "a")] * 3)
+    with (
+        caplog.at_level(logging.INFO, logger="podium.llm.resilience"),
+        pytest.raises(Stopped),
+    ):
+        complete_with_fallback(
+            [a], request(), policy=NO_JITTER, sleep=FakeSleep(), should_stop=lambda: True
+        )
+    assert _messages(caplog) == [("INFO", "stopped before retrying a")]
+
+
+def test_log_says_when_stopped_during_the_backoff(caplog):
+    a = ScriptedProvider("a", [err(ProviderErrorKind.SERVER, "a")] * 3)
+    stopped = threading.Event()
+    with (
+        caplog.at_level(logging.INFO, logger="podium.llm.resilience"),
+        pytest.raises(Stopped),
+    ):
+        complete_with_fallback(
+            [a],
+            request(),
+            policy=NO_JITTER,
+            sleep=lambda _s: stopped.set(),
+            should_stop=stopped.is_set,
+        )
+    assert [m for _, m in _messages(caplog)][-1] == "stopped while waiting to retry a"
+
+
 def test_other_exceptions_propagate_untouched():
     class Cancelled(Exception):
         pass
@@ -309,13 +475,49 @@ def test_chain_dedupes_and_reuses_instances(fresh_cache):
     assert provider_chain(settings, "simulated", [])[0] is chain[0]
 
 
-def test_chain_builds_in_order_and_skips_an_unbuildable_fallback(fresh_cache, monkeypatch):
+def test_chain_builds_in_order_and_skips_an_unbuildable_fallback(fresh_cache, monkeypatch, caplog):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     settings = Settings(_env_file=None, anthropic_api_key=None)
-    chain = provider_chain(settings, "simulated", ["anthropic", "simulated"])
-    assert [p.name for p in chain] == ["simulated"]
-    with pytest.raises(ValueError, match="API key"):
-        provider_chain(settings, "anthropic", ["simulated"])
+    with caplog.at_level(logging.WARNING, logger="podium.llm.resilience"):
+        chain = provider_chain(settings, "simulated", ["anthropic", "simulated"])
+        assert [p.name for p in chain] == ["simulated"]
+        provider_chain(settings, "simulated", ["anthropic"])
+    # Warned once, not on every call.
+    assert [r.getMessage() for r in caplog.records] == [
+        "fallback provider anthropic is unavailable, skipped: "
+        "anthropic: not_configured: PODIUM_ANTHROPIC_API_KEY is not set"
+    ]
+
+
+@pytest.mark.parametrize("fallbacks", [[], ["simulated"]])
+def test_chain_raises_the_not_configured_error_of_its_primary_at_once(
+    fresh_cache, monkeypatch, fallbacks
+):
+    # A ValueError here escaped the agent worker's provider-error handling: the call was
+    # redelivered until it failed as "call_lost" minutes later.
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    settings = Settings(_env_file=None, anthropic_api_key=None)
+    with pytest.raises(ProviderError) as caught:
+        provider_chain(settings, "anthropic", fallbacks)
+    error = caught.value
+    assert error.kind is ProviderErrorKind.NOT_CONFIGURED
+    assert error.permanent and not error.retryable
+    assert error.provider == "anthropic"
+    assert str(error) == "anthropic: not_configured: PODIUM_ANTHROPIC_API_KEY is not set"
+    # The deployment default is the primary when the agent names none.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    openai_default = Settings(
+        _env_file=None, llm_provider="openai", openai_api_key=None, openai_base_url=None
+    )
+    with pytest.raises(ProviderError) as caught:
+        provider_chain(openai_default, None, fallbacks)
+    assert str(caught.value) == "openai: not_configured: PODIUM_OPENAI_API_KEY is not set"
+
+
+def test_chain_refuses_an_unknown_primary_name(fresh_cache):
+    with pytest.raises(ValueError, match="unknown LLM provider 'gemini'"):
+        provider_chain(Settings(_env_file=None), "gemini", [])
 
 
 def test_chain_with_other_settings_gets_other_instances(fresh_cache):

@@ -66,6 +66,21 @@ class AgentIn(BaseModel):
         return pool
 
 
+class AgentWarning(BaseModel):
+    """Something about a definition this deployment cannot honour; the definition is stored
+    all the same (the missing piece may be configured on the agent workers only)."""
+
+    code: Literal["provider_not_configured"] = Field(
+        description="provider_not_configured: the agent's provider (its own, or the "
+        "deployment's default) has no credentials in this deployment; its calls will fail."
+    )
+    message: str
+    provider: str
+    missing_settings: list[str] = Field(
+        description="The environment variables to set, e.g. PODIUM_ANTHROPIC_API_KEY."
+    )
+
+
 class AgentOut(BaseModel):
     name: str
     description: str
@@ -79,6 +94,10 @@ class AgentOut(BaseModel):
     pool: str
     created_at: datetime
     updated_at: datetime
+    warnings: list[AgentWarning] = Field(
+        default_factory=list,
+        description="Problems of this deployment with the definition, checked at each read.",
+    )
 
 
 class AgentList(BaseModel):

@@ -34,6 +34,13 @@ def _api_message(exc: PodiumAPIError) -> str:
     return f"{exc.code}: {exc.message} (HTTP {exc.status})"
 
 
+def _echo_warnings(agent: dict[str, Any]) -> None:
+    # The gateway checks against the deployment's configuration, which this machine's
+    # environment says nothing about: its warnings are the ones that count.
+    for warning in agent.get("warnings") or []:
+        click.echo(f"warning: {warning.get('message') or warning.get('code')}", err=True)
+
+
 @click.group()
 def agents() -> None:
     """The tenant's agent definitions (needs a tenant API key)."""
@@ -64,6 +71,8 @@ def list_command(api_key: str | None, url: str | None, as_json: bool) -> None:
             f"{a['name']:<{name_width}}  {llm:<{llm_width}}  tools={tools}  "
             f"{a.get('description', '')}"
         )
+    for a in rows:
+        _echo_warnings(a)
 
 
 @dataclass
@@ -73,6 +82,7 @@ class _Planned:
     deferred: bool = False  # first PUT without some sub_agents; the full body follows
     outcome: str | None = None  # "created" | "replaced"
     error: str | None = None
+    stored: dict[str, Any] = field(default_factory=dict)  # the gateway's answer to the PUT
     deps: set[str] = field(default_factory=set)
 
 
@@ -114,7 +124,9 @@ def import_command(file: Path, api_key: str | None, url: str | None, dry_run: bo
     FILE holds one agent, a list of agents, or a mapping with an `agents:` list. Coday fields
     (aiProvider, modelName, maxOutputTokens, integrations...) and Podium's own (provider,
     model, max_output_tokens, tools, sub_agents, pool) are both understood. Integrations and
-    tools Podium does not have are reported as warnings. Exits non-zero if any agent failed.
+    tools Podium does not have are reported as warnings, and so is an agent whose provider
+    has no credentials in the deployment (it is stored all the same; --dry-run cannot tell,
+    as the gateway checks that when the agent is written). Exits non-zero if any agent failed.
     """
     try:
         docs = load_agents_yaml(file.read_text())
@@ -165,7 +177,7 @@ def import_command(file: Path, api_key: str | None, url: str | None, dry_run: bo
             if p.error is not None:
                 continue
             try:
-                client.put_agent(p.name, body)
+                p.stored = client.put_agent(p.name, body)
             except PodiumAPIError as exc:
                 p.error = _api_message(exc)
             else:
@@ -178,6 +190,7 @@ def import_command(file: Path, api_key: str | None, url: str | None, dry_run: bo
                     click.echo(f"failed   {p.name}: {p.error}")
                 else:
                     click.echo(f"{p.outcome:<8} {p.name}")
+                    _echo_warnings(p.stored)
 
     created = sum(p.outcome == "created" and p.error is None for p in planned)
     replaced = sum(p.outcome == "replaced" and p.error is None for p in planned)

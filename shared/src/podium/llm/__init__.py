@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from podium.llm.base import (
+    PERMANENT_KINDS,
     RETRYABLE_KINDS,
     ChatMessage,
     ChatRequest,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from podium.llm.openai_provider import OpenAIProvider
 
 __all__ = [
+    "PERMANENT_KINDS",
     "PROVIDER_NAMES",
     "RETRYABLE_KINDS",
     "AnthropicProvider",
@@ -45,6 +47,8 @@ __all__ = [
     "Usage",
     "build_provider",
     "load_script",
+    "missing_settings",
+    "not_set_message",
 ]
 
 PROVIDER_NAMES = ("simulated", "openai", "anthropic")
@@ -63,9 +67,56 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _check_name(name: str) -> None:
+    if name not in PROVIDER_NAMES:
+        raise ValueError(
+            f"unknown LLM provider {name!r}; valid providers: {', '.join(PROVIDER_NAMES)}"
+        )
+
+
+def missing_settings(settings: Settings, provider: str) -> list[str]:
+    """The environment variables this process still needs before ``provider`` can be used,
+    by name (e.g. ``["PODIUM_ANTHROPIC_API_KEY"]``); empty when it is configured.
+
+    Looks at ``settings`` and at the SDKs' own variables (``OPENAI_API_KEY``...), which the
+    providers fall back to. ``simulated`` is always configured; OpenAI needs a key unless a
+    base URL points it at a self-hosted OpenAI-compatible server (those accept any key).
+    Raises ValueError for a name that is not a provider.
+    """
+    _check_name(provider)
+    if provider == "openai":
+        if settings.openai_api_key or os.environ.get("OPENAI_API_KEY"):
+            return []
+        if settings.openai_base_url or os.environ.get("OPENAI_BASE_URL"):
+            return []
+        return ["PODIUM_OPENAI_API_KEY"]
+    if provider == "anthropic":
+        if settings.anthropic_api_key or os.environ.get("ANTHROPIC_API_KEY"):
+            return []
+        return ["PODIUM_ANTHROPIC_API_KEY"]
+    return []
+
+
+def not_set_message(names: list[str]) -> str:
+    """``"A is not set"`` / ``"A and B are not set"``."""
+    if len(names) == 1:
+        return f"{names[0]} is not set"
+    return f"{', '.join(names[:-1])} and {names[-1]} are not set"
+
+
 def build_provider(settings: Settings, name: str | None = None) -> LLMProvider:
-    """Build the provider called ``name`` (default ``settings.llm_provider``) from settings."""
+    """Build the provider called ``name`` (default ``settings.llm_provider``) from settings.
+
+    A provider this deployment has no settings for raises a ProviderError of kind
+    ``not_configured`` naming the missing variable (``"anthropic: not_configured:
+    PODIUM_ANTHROPIC_API_KEY is not set"``); an unknown name raises ValueError.
+    """
     chosen = name or settings.llm_provider
+    missing = missing_settings(settings, chosen)
+    if missing:
+        raise ProviderError(
+            ProviderErrorKind.NOT_CONFIGURED, not_set_message(missing), provider=chosen
+        )
     if chosen == "simulated":
         return SimulatedProvider(
             latency_ms=settings.simulated_latency_ms,
@@ -81,16 +132,8 @@ def build_provider(settings: Settings, name: str | None = None) -> LLMProvider:
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key or os.environ.get("OPENAI_API_KEY"),
         )
-    if chosen == "anthropic":
-        key = settings.anthropic_api_key or os.environ.get("ANTHROPIC_API_KEY")
-        if not key:
-            raise ValueError(
-                "the anthropic provider needs an API key: set PODIUM_ANTHROPIC_API_KEY "
-                "(or ANTHROPIC_API_KEY)"
-            )
-        from podium.llm.anthropic_provider import AnthropicProvider
+    from podium.llm.anthropic_provider import AnthropicProvider
 
-        return AnthropicProvider(api_key=key, base_url=settings.anthropic_base_url)
-    raise ValueError(
-        f"unknown LLM provider {chosen!r}; valid providers: {', '.join(PROVIDER_NAMES)}"
-    )
+    key = settings.anthropic_api_key or os.environ.get("ANTHROPIC_API_KEY")
+    assert key  # missing_settings() demands one
+    return AnthropicProvider(api_key=key, base_url=settings.anthropic_base_url)

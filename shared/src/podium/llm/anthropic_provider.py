@@ -31,7 +31,12 @@ from podium.llm.base import (
     ToolCall,
     Usage,
 )
-from podium.llm.openai_provider import kind_for_status, retry_after_seconds, transport_error_kind
+from podium.llm.openai_provider import (
+    kind_for_status,
+    not_found_message,
+    retry_after_seconds,
+    transport_error_kind,
+)
 
 _Block = TextBlockParam | ToolUseBlockParam | ToolResultBlockParam
 
@@ -52,6 +57,8 @@ _STREAM_ERROR_KINDS = {
     "invalid_request_error": ProviderErrorKind.BAD_REQUEST,
     "authentication_error": ProviderErrorKind.AUTH,
     "permission_error": ProviderErrorKind.AUTH,
+    "not_found_error": ProviderErrorKind.NOT_FOUND,
+    "billing_error": ProviderErrorKind.BILLING,
 }
 
 
@@ -68,7 +75,7 @@ class AnthropicProvider:
         except ProviderError:
             raise
         except Exception as exc:
-            mapped = self._map_error(exc)
+            mapped = self._map_error(exc, request.model)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -226,7 +233,7 @@ class AnthropicProvider:
 
     # --- errors --------------------------------------------------------------------------
 
-    def _map_error(self, exc: Exception) -> ProviderError | None:
+    def _map_error(self, exc: Exception, model: str) -> ProviderError | None:
         if isinstance(exc, anthropic.APITimeoutError):
             return ProviderError(ProviderErrorKind.TIMEOUT, str(exc), provider=self.name)
         if isinstance(exc, anthropic.APIConnectionError):
@@ -239,6 +246,9 @@ class AnthropicProvider:
                 kind = ProviderErrorKind.SERVER
             else:
                 kind = kind_for_status(status)
+            message = exc.api_message or exc.message
+            if kind is ProviderErrorKind.NOT_FOUND:
+                message = not_found_message(model, message)
             retry_after = (
                 retry_after_seconds(exc.response.headers)
                 if kind in (ProviderErrorKind.RATE_LIMIT, ProviderErrorKind.SERVER)
@@ -246,13 +256,14 @@ class AnthropicProvider:
             )
             return ProviderError(
                 kind,
-                exc.api_message or exc.message,
+                message,
                 provider=self.name,
                 status_code=status if status >= 400 else None,
                 retry_after_s=retry_after,
             )
         if isinstance(exc, anthropic.CredentialsError):
-            return ProviderError(ProviderErrorKind.AUTH, str(exc), provider=self.name)
+            # The SDK found no usable credentials here: nothing reached the API.
+            return ProviderError(ProviderErrorKind.NOT_CONFIGURED, str(exc), provider=self.name)
         if isinstance(exc, anthropic.AnthropicError):
             return ProviderError(ProviderErrorKind.SERVER, str(exc), provider=self.name)
         # The SDK's stream reader lets HTTP-library read errors through unwrapped.

@@ -66,12 +66,27 @@ class ChatResult(BaseModel):
 
 
 class ProviderErrorKind(StrEnum):
+    """Why a provider call failed, split by what trying again can achieve.
+
+    Transient kinds (``RETRYABLE_KINDS``) may succeed if the same request is sent again to
+    the same provider a little later. Permanent kinds (``PERMANENT_KINDS``) fail the same
+    way every time until someone changes the request, the agent's definition or the
+    deployment's configuration: retrying them only delays the failure.
+    """
+
+    # --- transient
     RATE_LIMIT = "rate_limit"  # 429
     SERVER = "server"  # 5xx, overloaded
     TIMEOUT = "timeout"
     CONNECTION = "connection"
-    BAD_REQUEST = "bad_request"  # 4xx the caller must fix; never retried
-    AUTH = "auth"  # 401/403; never retried
+    # --- permanent
+    BAD_REQUEST = "bad_request"  # other 4xx: the request itself must change
+    AUTH = "auth"  # 401/403: the key is rejected or may not use this API/model
+    NOT_FOUND = "not_found"  # 404 / model_not_found: unknown model (or wrong base URL)
+    BILLING = "billing"  # 402, OpenAI's insufficient_quota: the account cannot pay
+    # The deployment lacks a setting the provider needs (e.g. its API key): no request
+    # was sent at all.
+    NOT_CONFIGURED = "not_configured"
 
 
 RETRYABLE_KINDS = frozenset(
@@ -82,10 +97,14 @@ RETRYABLE_KINDS = frozenset(
         ProviderErrorKind.CONNECTION,
     }
 )
+PERMANENT_KINDS = frozenset(ProviderErrorKind) - RETRYABLE_KINDS
 
 
 class ProviderError(Exception):
-    """A normalised provider failure, so retry and fallback logic is provider-agnostic."""
+    """A normalised provider failure, so retry and fallback logic is provider-agnostic.
+
+    ``str(error)`` is ``"<provider>: <kind>: <message>"``.
+    """
 
     def __init__(
         self,
@@ -105,7 +124,15 @@ class ProviderError(Exception):
 
     @property
     def retryable(self) -> bool:
+        """Sending the same request to the same provider again may succeed."""
         return self.kind in RETRYABLE_KINDS
+
+    @property
+    def permanent(self) -> bool:
+        """Trying again cannot succeed, now or later, until the request, the agent or the
+        deployment's configuration changes: a call failing so should fail at once, not be
+        redelivered. Exactly the errors that are not ``retryable``."""
+        return self.kind in PERMANENT_KINDS
 
 
 DeltaCallback = Callable[[str], None]

@@ -86,11 +86,21 @@ def kind_for_status(status: int) -> ProviderErrorKind:
         return ProviderErrorKind.RATE_LIMIT
     if status in (401, 403):
         return ProviderErrorKind.AUTH
+    if status == 402:
+        return ProviderErrorKind.BILLING
+    if status == 404:
+        return ProviderErrorKind.NOT_FOUND
     if status == 408:  # the server gave up waiting: a timeout, worth retrying
         return ProviderErrorKind.TIMEOUT
     if status >= 500:
         return ProviderErrorKind.SERVER
     return ProviderErrorKind.BAD_REQUEST
+
+
+def not_found_message(model: str, message: str) -> str:
+    # A 404 is the model nine times out of ten, but a base URL without its /v1 gives the
+    # same answer: name both so the reader knows where to look.
+    return f"model {model!r} not found (or a wrong base URL): {message}"
 
 
 def transport_error_kind(exc: BaseException) -> ProviderErrorKind | None:
@@ -136,7 +146,7 @@ class OpenAIProvider:
         except ProviderError:
             raise
         except Exception as exc:
-            mapped = self._map_error(exc)
+            mapped = self._map_error(exc, request.model)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -317,17 +327,26 @@ class OpenAIProvider:
 
     # --- errors --------------------------------------------------------------------------
 
-    def _map_error(self, exc: Exception) -> ProviderError | None:
+    def _map_error(self, exc: Exception, model: str) -> ProviderError | None:
         if isinstance(exc, openai.APITimeoutError):
             return ProviderError(ProviderErrorKind.TIMEOUT, str(exc), provider=self.name)
         if isinstance(exc, openai.APIConnectionError):
             return ProviderError(ProviderErrorKind.CONNECTION, str(exc), provider=self.name)
         if isinstance(exc, openai.APIStatusError):
             kind = kind_for_status(exc.status_code)
-            if isinstance(exc, openai.RateLimitError):
-                kind = ProviderErrorKind.RATE_LIMIT
-            elif isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
                 kind = ProviderErrorKind.AUTH
+            elif exc.code == "model_not_found":
+                # Some OpenAI-compatible servers answer an unknown model with a 400.
+                kind = ProviderErrorKind.NOT_FOUND
+            elif exc.code == "insufficient_quota":
+                # Sent as a 429, but it is the account's credit, not a rate: no wait helps.
+                kind = ProviderErrorKind.BILLING
+            elif isinstance(exc, openai.RateLimitError):
+                kind = ProviderErrorKind.RATE_LIMIT
+            message = exc.message
+            if kind is ProviderErrorKind.NOT_FOUND:
+                message = not_found_message(model, message)
             retry_after = (
                 retry_after_seconds(exc.response.headers)
                 if kind is ProviderErrorKind.RATE_LIMIT or kind is ProviderErrorKind.SERVER
@@ -335,7 +354,7 @@ class OpenAIProvider:
             )
             return ProviderError(
                 kind,
-                exc.message,
+                message,
                 provider=self.name,
                 status_code=exc.status_code,
                 retry_after_s=retry_after,

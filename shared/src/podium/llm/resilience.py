@@ -1,10 +1,24 @@
-"""Calling LLM providers with retries and a fallback chain (DESIGN §7).
+"""Calling LLM providers with retries and a fallback chain (docs/architecture.md).
 
-A retryable failure (429, 5xx, timeout, connection) is retried with exponential backoff;
-when a provider has used up its attempts, or fails in a way retrying cannot fix (bad
-request, auth), the next provider of the chain is tried at once. When every provider has
-failed, ``AllProvidersFailed`` carries the whole attempt log so the caller can fail the run
-cleanly with a clear error. Nothing here waits unboundedly: every delay is capped.
+A transient failure (429, 5xx, timeout, connection) is retried on the same provider with
+exponential backoff. A permanent one (bad request, auth, unknown model, billing, not
+configured: ``ProviderError.permanent``) is never retried on the same provider: the answer
+would be the same. When a provider has used up its attempts, or failed permanently, the
+next provider of the chain is tried at once: a rejected key, an unknown model name or a
+missing setting of provider A says nothing about provider B, which may well serve the
+request; with no provider left the call fails. When every provider has failed,
+``AllProvidersFailed`` carries the whole attempt log so the caller can fail the call cleanly
+with a clear error. Nothing here waits unboundedly: every delay is capped.
+
+Building the chain is stricter: ``provider_chain`` raises the ``not_configured``
+ProviderError of a primary provider this deployment has no settings for, before any call.
+The agent named that provider; serving it from a fallback on every call would hide a
+configuration error behind a different model, and the fallbacks exist for outages. A
+fallback that cannot be built is only skipped (with one warning).
+
+The log says what happens: "retrying in Xs" only when the next try on that provider
+follows after X seconds; giving up on a provider is logged as a warning that says whether
+the next provider (named) is tried or the call fails.
 
 Streaming caveat: a provider that fails mid-stream has already sent some deltas to
 ``on_delta``; the retry streams its answer from the start. Callers that show deltas should
@@ -127,14 +141,15 @@ def complete_with_fallback(
     attempts: list[Attempt] = []
     last_error: ProviderError | None = None
 
-    def check_stop() -> None:
+    def check_stop(when: str) -> None:
         if should_stop is not None and should_stop():
+            log.info("stopped %s", when)
             raise Stopped(attempts)
 
     for index, provider in enumerate(providers):
-        is_last_provider = index == len(providers) - 1
+        following = providers[index + 1].name if index + 1 < len(providers) else None
         if index > 0:
-            check_stop()
+            check_stop(f"before falling back to {provider.name}")
             PROVIDER_FALLBACKS.labels(providers[index - 1].name, provider.name).inc()
         for try_no in range(1, policy.max_attempts + 1):
             global_index = len(attempts)
@@ -147,26 +162,46 @@ def complete_with_fallback(
                 PROVIDER_ERRORS.labels(provider.name, exc.kind.value).inc()
                 record = Attempt(provider.name, global_index, str(exc), exc.kind.value, 0.0)
                 attempts.append(record)
-                if not exc.retryable or try_no == policy.max_attempts:
-                    log.info("provider %s gave up: %s", provider.name, exc)
+                if exc.permanent:
+                    _log_give_up(provider.name, "a permanent error, not retried", exc, following)
+                    break
+                if try_no == policy.max_attempts:
+                    why = f"attempt {try_no} of {policy.max_attempts} failed"
+                    _log_give_up(provider.name, why, exc, following)
                     break
                 delay = policy.backoff_s(try_no, rng)
-                if exc.retry_after_s is not None and exc.retry_after_s > 0:
-                    if exc.retry_after_s > policy.max_delay_s and not is_last_provider:
-                        log.info(
-                            "provider %s asks to wait %.1fs; falling back",
+                asked = exc.retry_after_s
+                if asked is not None and asked > 0:
+                    if asked > policy.max_delay_s and following is not None:
+                        _log_give_up(
                             provider.name,
-                            exc.retry_after_s,
+                            f"asked to wait {asked:.1f}s, more than the "
+                            f"{policy.max_delay_s:.1f}s cap",
+                            exc,
+                            following,
                         )
                         break
-                    delay = max(delay, min(exc.retry_after_s, policy.max_delay_s))
+                    delay = max(delay, min(asked, policy.max_delay_s))
+                check_stop(f"before retrying {provider.name}")
                 record.delay_s = delay
-                check_stop()
-                log.info("provider %s: %s; retrying in %.2fs", provider.name, exc, delay)
+                capped = (
+                    f" (asked for {asked:.1f}s, capped)"
+                    if asked is not None and asked > policy.max_delay_s
+                    else ""
+                )
+                log.info(
+                    "provider %s: attempt %d of %d failed: %s; retrying in %.2fs%s",
+                    provider.name,
+                    try_no,
+                    policy.max_attempts,
+                    exc,
+                    delay,
+                    capped,
+                )
                 PROVIDER_RETRIES.labels(provider.name).inc()
                 if delay > 0:
                     sleep(delay)
-                check_stop()
+                check_stop(f"while waiting to retry {provider.name}")
                 continue
             attempts.append(Attempt(provider.name, global_index, None, None, 0.0))
             return ResilientResult(
@@ -174,6 +209,11 @@ def complete_with_fallback(
             )
     assert last_error is not None  # the loops ran at least once and did not return
     raise AllProvidersFailed(attempts, last_error)
+
+
+def _log_give_up(name: str, why: str, exc: ProviderError, following: str | None) -> None:
+    then = f"falling back to {following}" if following else "no provider left, the call fails"
+    log.warning("provider %s: giving up (%s): %s; %s", name, why, exc, then)
 
 
 # --- building the chain -------------------------------------------------------------------
@@ -193,12 +233,12 @@ def _cached_provider(settings: Settings, name: str, *, required: bool) -> LLMPro
                 return cached
         try:
             provider: LLMProvider | None = build_provider(settings, name)
-        except ValueError as exc:
+        except (ProviderError, ValueError) as exc:
             if required:
                 raise
             # A misconfigured fallback must not fail calls the primary can serve;
             # remembered as None so the warning is logged once.
-            log.warning("fallback provider %s is unavailable: %s", name, exc)
+            log.warning("fallback provider %s is unavailable, skipped: %s", name, exc)
             provider = None
         _CACHE[key] = provider
         return provider
@@ -215,8 +255,12 @@ def provider_chain(
     settings: Settings, primary: str | None, fallbacks: Sequence[str]
 ) -> list[LLMProvider]:
     """The primary provider (default ``settings.llm_provider``) then the fallbacks, each
-    name once, as shared cached instances. The primary's build errors propagate; a
-    fallback that cannot be built (e.g. no API key) is skipped with a warning."""
+    name once, as shared cached instances.
+
+    A primary this deployment has no settings for raises its ProviderError (kind
+    ``not_configured``, naming the missing variable) at once, and an unknown name raises
+    ValueError; a fallback that cannot be built (e.g. no API key) is skipped with a warning.
+    """
     names: list[str] = []
     for name in (primary or settings.llm_provider, *fallbacks):
         if name and name not in names:

@@ -54,6 +54,8 @@ _STATUS_FOR_KIND = {
     ProviderErrorKind.SERVER: 503,
     ProviderErrorKind.BAD_REQUEST: 400,
     ProviderErrorKind.AUTH: 401,
+    ProviderErrorKind.BILLING: 402,
+    ProviderErrorKind.NOT_FOUND: 404,
 }
 
 # "You are Ada" / "You are Research Bot": a capitalised name right after "You are".

@@ -14,10 +14,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from podium.llm import missing_settings, not_set_message
 from podium.runtime import Runtime
+from podium.settings import Settings
 from podium.store import Agent, Tenant, tenant_session, utcnow
 from podium.tools_catalog import KNOWN_TOOL_NAMES
-from podium_gateway.agent_schemas import AGENT_NAME_PATTERN, AgentIn, AgentList, AgentOut
+from podium_gateway.agent_schemas import (
+    AGENT_NAME_PATTERN,
+    AgentIn,
+    AgentList,
+    AgentOut,
+    AgentWarning,
+)
 from podium_gateway.auth import Principal, RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS, ApiError, ErrorBody, not_found
 
@@ -33,8 +41,26 @@ AgentName = Annotated[
 ]
 
 
-def _out(agent: Agent) -> AgentOut:
-    return AgentOut.model_validate(agent, from_attributes=True)
+def _warnings(settings: Settings, agent: Agent) -> list[AgentWarning]:
+    provider = agent.provider or settings.llm_provider
+    missing = missing_settings(settings, provider)
+    if not missing:
+        return []
+    return [
+        AgentWarning(
+            code="provider_not_configured",
+            message=f"agent {agent.name!r} uses provider {provider!r}, but "
+            f"{not_set_message(missing)} in this deployment; its calls will fail",
+            provider=provider,
+            missing_settings=missing,
+        )
+    ]
+
+
+def _out(settings: Settings, agent: Agent) -> AgentOut:
+    out = AgentOut.model_validate(agent, from_attributes=True)
+    out.warnings = _warnings(settings, agent)
+    return out
 
 
 def _lock_tenant(session: Session, tenant_id: str) -> Tenant:
@@ -57,7 +83,7 @@ def list_agents(principal: TenantDep, runtime: RuntimeDep) -> AgentList:
     """The tenant's agents, sorted by name."""
     with tenant_session(runtime.db, principal.tenant_id) as session:
         rows = session.scalars(select(Agent).order_by(Agent.name)).all()
-        return AgentList(data=[_out(a) for a in rows])
+        return AgentList(data=[_out(runtime.settings, a) for a in rows])
 
 
 @router.get("/{name}", response_model=AgentOut)
@@ -66,7 +92,7 @@ def get_agent(name: AgentName, principal: TenantDep, runtime: RuntimeDep) -> Age
         agent = _find(session, name)
         if agent is None:
             raise not_found("agent", name)
-        return _out(agent)
+        return _out(runtime.settings, agent)
 
 
 def _check_references(name: str, body: AgentIn) -> None:
@@ -111,7 +137,7 @@ def _put(runtime: Runtime, principal: Principal, name: str, body: AgentIn) -> tu
         if not created:
             agent.updated_at = utcnow()  # a replace counts as an update even if nothing changed
         session.flush()
-        return _out(agent), created
+        return _out(runtime.settings, agent), created
 
 
 @router.put(
@@ -130,7 +156,10 @@ def put_agent(
     runtime: RuntimeDep,
 ) -> AgentOut:
     """Create (201) or replace (200) the agent ``name``. The body is the whole definition:
-    omitted fields take their defaults."""
+    omitted fields take their defaults.
+
+    A definition this deployment cannot serve as it stands (e.g. its provider has no API key
+    here) is stored all the same, with ``warnings`` saying why its calls would fail."""
     _check_references(name, body)
     try:
         out, created = _put(runtime, principal, name, body)
