@@ -19,6 +19,7 @@ from podium.llm import (
     missing_settings,
     not_set_message,
 )
+from podium.llm.guarded import Guarded
 from podium.settings import Settings
 
 
@@ -335,7 +336,7 @@ def test_build_simulated_from_settings() -> None:
         simulated_seed=42,
     )
     provider = build_provider(settings)
-    assert isinstance(provider, SimulatedProvider)
+    assert isinstance(provider, Guarded) and isinstance(provider.inner, SimulatedProvider)
     assert (provider.latency_ms, provider.error_rate) == (0, 0.25)
     assert (provider.stream_chunk_chars, provider.seed) == (7, 42)
 

@@ -23,7 +23,7 @@ from podium.decisions import (
     DecisionUsage,
     Dimensions,
 )
-from podium.llm import build_provider
+from podium.llm import ProviderError, build_provider
 from podium.patterns import DEFAULT_PATTERN
 from podium.settings import Settings
 from podium_orchestrator.agent import DecisionInput, DecisionResult, OrchestratorAgent, Proposal
@@ -71,7 +71,12 @@ class Decider:
             if tokens_left <= 0:
                 result = DecisionResult(None, f"budget_exhausted: {-tokens_left} tokens over")
             else:
-                result = self._agent().decide(inp, metadata={"run_id": run_id})
+                try:
+                    agent = self._agent()
+                except ProviderError as exc:  # the Orchestrator agent's provider is not set up
+                    result = DecisionResult(None, f"provider_error: {exc}")
+                else:
+                    result = agent.decide(inp, metadata={"run_id": run_id})
             self._results[key] = result
         return result
 

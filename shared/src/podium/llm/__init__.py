@@ -19,6 +19,7 @@ from podium.llm.base import (
     ToolSpec,
     Usage,
 )
+from podium.llm.guarded import guarded
 from podium.llm.simulated import SimulatedProvider
 from podium.llm.simulated_script import Script, load_script
 from podium.settings import Settings
@@ -105,12 +106,17 @@ def not_set_message(names: list[str]) -> str:
 
 
 def build_provider(settings: Settings, name: str | None = None) -> LLMProvider:
-    """Build the provider called ``name`` (default ``settings.llm_provider``) from settings.
+    """Build the provider called ``name`` (default ``settings.llm_provider``) from settings,
+    wrapped so that a call made inside a database transaction is caught (podium.llm.guarded).
 
     A provider this deployment has no settings for raises a ProviderError of kind
     ``not_configured`` naming the missing variable (``"anthropic: not_configured:
     PODIUM_ANTHROPIC_API_KEY is not set"``); an unknown name raises ValueError.
     """
+    return guarded(_build(settings, name))
+
+
+def _build(settings: Settings, name: str | None) -> LLMProvider:
     chosen = name or settings.llm_provider
     missing = missing_settings(settings, chosen)
     if missing:
