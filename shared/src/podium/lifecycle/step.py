@@ -1,0 +1,295 @@
+"""Applying an orchestrator step: the plan a step made on a snapshot is written in one short
+transaction, only if the run is still at the snapshot's version (else nothing is written and
+the step plans again)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from podium.decisions import Decision, DecisionOutcome
+from podium.lifecycle.finish import finish
+from podium.lifecycle.plan import NewCall, StepPlan
+from podium.lifecycle.run_state import TERMINAL, unfinished
+from podium.lifecycle.threads import append_event, open_sub_thread
+from podium.lifecycle.tx import owned_transaction
+from podium.messages import SubmitAgentCall
+from podium.runtime import Runtime, Tx
+from podium.store import (
+    AgentCall,
+    CallStatus,
+    EventKind,
+    OrchestrationContext,
+    OrchestrationDecision,
+    Run,
+    RunStatus,
+    Thread,
+    new_id,
+    utcnow,
+)
+
+# --- an orchestrator step ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepApplied:
+    applied: bool
+    # Why not: "stale" (the run moved on since the snapshot), "thread_busy" (another run took
+    # the thread first).
+    reason: str | None = None
+    finished: RunStatus | None = None
+    duration_s: float | None = None
+
+
+class _Abort(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def apply_step(runtime: Runtime, plan: StepPlan) -> StepApplied:
+    """Write what a step decided, if the run is still at ``plan.version``."""
+    if not plan.writes:
+        return StepApplied(True)
+    try:
+        with owned_transaction(runtime) as tx:
+            return _apply(runtime, tx, plan)
+    except _Abort as abort:
+        return StepApplied(False, abort.reason)
+
+
+def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
+    session = tx.session
+    now = utcnow()
+    values: dict[str, Any] = {"version": plan.version + 1}
+    if plan.start:
+        values.update(status=RunStatus.RUNNING.value, started_at=now)
+    if plan.answer is not None:
+        values.update(status=RunStatus.RUNNING.value, step=None)
+    for key in ("pattern", "step", "request_class"):
+        if getattr(plan, key) is not None:
+            values[key] = getattr(plan, key)
+    if plan.hold:
+        values.update(status=RunStatus.BUDGET_HOLD.value, step="budget_hold")
+    current = session.execute(
+        update(Run)
+        .where(Run.id == plan.run_id, Run.version == plan.version, Run.status.not_in(TERMINAL))
+        .values(**values)
+        .returning(Run.guards, Run.awaiting, Run.created_at)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if current is None:
+        raise _Abort("stale")
+    guards, awaiting, created_at = list(current[0] or []), dict(current[1] or {}), current[2]
+    if plan.start and not _take_thread(session, plan):
+        raise _Abort("thread_busy")
+    if plan.guards or plan.answer is not None:
+        if plan.answer is not None:
+            awaiting["answer"] = plan.answer
+        session.execute(
+            update(Run)
+            .where(Run.id == plan.run_id)
+            .values(guards=[*guards, *plan.guards], awaiting=awaiting or None)
+            .execution_options(synchronize_session=False)
+        )
+    context_id = session.scalars(
+        select(OrchestrationContext.id).where(OrchestrationContext.run_id == plan.run_id)
+    ).one()
+    record_decisions(session, plan, context_id, plan.decisions)
+    for seq, outcome in plan.outcomes.items():
+        _set_outcome(session, context_id, seq, outcome)
+    for message in plan.messages:
+        append_event(
+            session,
+            tenant_id=plan.tenant_id,
+            thread_id=message.thread_id,
+            kind=message.kind,
+            role=message.role,
+            agent=message.agent,
+            content=message.content,
+            run_id=plan.run_id,
+            call_id=message.call_id,
+            data=message.data,
+        )
+    _insert_calls(tx, plan)
+    cursor = plan.context.cursor_seq
+    if plan.question is not None:
+        cursor = _ask(session, plan, awaiting)
+    _update_context(session, plan, context_id, cursor)
+    finished, duration = None, None
+    if plan.end is not None:
+        finish(runtime, tx, plan, plan.end, context_id)
+        finished = plan.end.status
+        duration = (utcnow() - created_at).total_seconds()
+    return StepApplied(True, finished=finished, duration_s=duration)
+
+
+def _take_thread(session: Session, plan: StepPlan) -> bool:
+    """Runs of one thread execute one at a time, oldest first."""
+    oldest = unfinished(session, plan.thread_id)
+    if oldest is None or oldest[0] != plan.run_id:
+        return False
+    taken = session.execute(
+        update(Thread)
+        .where(
+            Thread.id == plan.thread_id,
+            (Thread.active_run_id.is_(None)) | (Thread.active_run_id == plan.run_id),
+        )
+        .values(active_run_id=plan.run_id)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def record_decisions(
+    session: Session, plan: StepPlan, context_id: str, decisions: list[Decision]
+) -> None:
+    if not decisions:
+        return
+    now = utcnow()
+    session.execute(
+        insert(OrchestrationDecision),
+        [
+            {
+                "id": new_id(),
+                "tenant_id": plan.tenant_id,
+                "context_id": context_id,
+                "run_id": plan.run_id,
+                "created_at": now,
+                **d.row_values(),
+            }
+            for d in decisions
+        ],
+    )
+
+
+def _set_outcome(session: Session, context_id: str, seq: int, outcome: DecisionOutcome) -> None:
+    session.execute(
+        update(OrchestrationDecision)
+        .where(OrchestrationDecision.context_id == context_id, OrchestrationDecision.seq == seq)
+        .values(actual_outcome=outcome.as_dict())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _insert_calls(tx: Tx, plan: StepPlan) -> None:
+    if not plan.calls:
+        return
+    session = tx.session
+    until: dict[str, int] = {}
+    rows = []
+    for call in plan.calls:
+        if call.sub_thread is not None:
+            open_sub_thread(
+                session,
+                tenant_id=plan.tenant_id,
+                thread_id=call.sub_thread.id,
+                parent_thread_id=plan.thread_id,
+                title=call.sub_thread.title,
+            )
+            _, seq = append_event(
+                session,
+                tenant_id=plan.tenant_id,
+                thread_id=call.sub_thread.id,
+                kind=EventKind.USER_MESSAGE,
+                role="user",
+                content=call.sub_thread.task,
+                run_id=plan.run_id,
+            )
+            until_seq = seq
+        else:
+            if call.thread_id not in until:
+                until[call.thread_id] = int(
+                    session.scalar(select(Thread.event_count).where(Thread.id == call.thread_id))
+                    or 0
+                )
+            until_seq = until[call.thread_id]
+        rows.append(_call_row(plan, call, until_seq))
+    session.execute(insert(AgentCall), rows)
+    for call in plan.calls:
+        tx.send(
+            SubmitAgentCall(
+                call_id=call.id,
+                run_id=plan.run_id,
+                tenant_id=plan.tenant_id,
+                pool=call.pool,
+                tenant_cap=plan.tenant_call_cap,
+            ),
+            queue=f"fair:{call.pool}",
+        )
+
+
+def _call_row(plan: StepPlan, call: NewCall, until_seq: int) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "tenant_id": plan.tenant_id,
+        "run_id": plan.run_id,
+        "thread_id": call.sub_thread.id if call.sub_thread else call.thread_id,
+        "decision_seq": call.decision_seq,
+        "agent": call.agent,
+        "pool": call.pool,
+        "status": CallStatus.PENDING.value,
+        "role": call.role,
+        "step_index": call.step_index,
+        "parent_call_id": call.parent_call_id,
+        "depth": call.depth,
+        "task": None if call.sub_thread else call.task,
+        "context_mode": call.context_mode,
+        "params": call.params,
+        "context_until_seq": until_seq,
+        "attempts": 0,
+        "cost_usd": 0.0,
+        "tool_steps": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "created_at": utcnow(),
+    }
+
+
+def _ask(session: Session, plan: StepPlan, awaiting: dict[str, Any]) -> int:
+    assert plan.question is not None
+    _, seq = append_event(
+        session,
+        tenant_id=plan.tenant_id,
+        thread_id=plan.thread_id,
+        kind=EventKind.AGENT_MESSAGE,
+        role="assistant",
+        agent="orchestrator",
+        content=plan.question.text,
+        run_id=plan.run_id,
+    )
+    asked = {
+        "question": plan.question.text,
+        "decision_seq": plan.question.decision_seq,
+        "asked_seq": seq,
+        "history": [*awaiting.get("history", []), plan.question.text],
+    }
+    session.execute(
+        update(Run)
+        .where(Run.id == plan.run_id)
+        .values(awaiting=asked, status=RunStatus.AWAITING_INPUT.value, step="awaiting_input")
+        .execution_options(synchronize_session=False)
+    )
+    return seq
+
+
+def _update_context(session: Session, plan: StepPlan, context_id: str, cursor: int | None) -> None:
+    change = plan.context
+    values: dict[str, Any] = {}
+    if cursor is not None:
+        values["cursor_seq"] = cursor
+    if change.tokens_added:
+        values["tokens_used"] = OrchestrationContext.tokens_used + change.tokens_added
+    if change.summarized_through_seq is not None:
+        values["summary"] = change.summary
+        values["summarized_through_seq"] = change.summarized_through_seq
+    if values:
+        values["updated_at"] = utcnow()
+        session.execute(
+            update(OrchestrationContext)
+            .where(OrchestrationContext.id == context_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
