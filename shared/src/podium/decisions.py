@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from podium.patterns import DEFAULT_PATTERN
 from podium.store.models import OrchestrationDecision
 
 
@@ -227,7 +228,7 @@ def _legacy_dimensions(raw: dict[str, Any]) -> dict[str, Any]:
     """Rows written before decisions were typed may lack a pattern or agent, or hold an
     unknown parameter: read them as well as they can be."""
     dims = dict(raw)
-    dims["pattern"] = dims.get("pattern") or "direct"
+    dims["pattern"] = dims.get("pattern") or DEFAULT_PATTERN
     dims["agent"] = dims.get("agent") or ""
     params = dims.get("parameters") or {}
     dims["parameters"] = {k: v for k, v in params.items() if k in AgentParameters.model_fields}

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from podium.decisions import Decision, DecisionSource
 from podium.learning import classify, is_good
+from podium.patterns import DEFAULT_PATTERN
 from podium.store import (
     AgentCall,
     Feedback,
@@ -43,7 +44,7 @@ def upsert_outcome(session: Session, run: Run) -> RunOutcome:
     latency = (run.finished_at - run.created_at).total_seconds() * 1000 if run.finished_at else 0.0
     values: dict[str, Any] = {
         "request_class": run.request_class or classify(run.input),
-        "pattern": run.pattern or "direct",
+        "pattern": run.pattern or DEFAULT_PATTERN,
         "agents": agents,
         "status": run.status,
         "feedback_count": int(count or 0),
