@@ -4,7 +4,7 @@
 
 Starts Podium embedded (simulated provider), then for threads with 0, 5, 10 and 20 earlier
 exchanges runs a plan_execute request (3 steps → 1 first decision + 2 later decisions) and
-prints the decision tokens and latencies. DESIGN §3: later decisions see only the delta, so
+prints the decision tokens and latencies. Later decisions see only the delta, so
 their input tokens should not grow with the thread.
 """
 

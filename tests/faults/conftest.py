@@ -1,4 +1,4 @@
-"""Fixtures of the fault tests (DESIGN §7, docs/reliability.md): real processes, killed and
+"""Fixtures of the fault tests (docs/reliability.md): real processes, killed and
 restarted; private Redis and PostgreSQL servers for the outage tests."""
 
 from __future__ import annotations

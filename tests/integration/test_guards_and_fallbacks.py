@@ -1,5 +1,6 @@
 """Every fallback cause gives a recorded fallback decision and a finished run; every guard
-trips, is recorded, and leaves the run in a clean state (DESIGN §3, §7)."""
+trips, is recorded, and leaves the run in a clean state (docs/architecture.md, "Decisions" and
+"Guarantees")."""
 
 from __future__ import annotations
 
@@ -196,7 +197,7 @@ def test_same_input_and_state_give_the_same_decision(make_tenant):
 
 
 def test_later_decisions_do_not_grow_with_the_thread(make_tenant):
-    """DESIGN §3: the first decision sees the thread, later ones only the delta."""
+    """The first decision sees the thread, later ones only the delta."""
     t = make_tenant()
     measured = {}
     for history in (1, 12):

@@ -248,7 +248,7 @@ def test_delegation_depth_guard(make_tenant, store):
     run = finished(t.client, thread["id"], "@deep go [t:deep]")
     assert run["status"] == "completed"
     calls = calls_of(store, run["id"])
-    assert max(c["depth"] for c in calls) == 5  # DESIGN §3: depth ≤ 5
+    assert max(c["depth"] for c in calls) == 5  # the delegation depth guard: ≤ 5
     assert [g["guard"] for g in run["guards"]] == ["delegation_depth"]
 
 

@@ -1,9 +1,9 @@
 """The Celery app factory every service uses.
 
-Reliability settings (DESIGN §7): JSON only; acks_late with task_reject_on_worker_lost, so a
-SIGKILLed worker's task is redelivered rather than lost; prefetch 1, so a worker holds only
-what it runs; and a visibility timeout longer than the longest call, so a slow call is never
-redelivered while it is still running.
+Reliability settings (docs/architecture.md, "Guarantees"): JSON only; acks_late with
+task_reject_on_worker_lost, so a SIGKILLed worker's task is redelivered rather than lost; prefetch
+1, so a worker holds only what it runs; and a visibility timeout longer than the longest call, so a
+slow call is never redelivered while it is still running.
 
 Outages: a publish fails within about a second when the broker is down (short retry policy,
 bounded socket timeouts) instead of blocking its caller; the outbox sweep publishes it later.

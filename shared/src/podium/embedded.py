@@ -1,5 +1,5 @@
-"""Embedded mode (``podium dev``, DESIGN §8): every service in one process, with SQLite, the
-in-process broker and in-memory event streams. No Redis or PostgreSQL needed."""
+"""Embedded mode (``podium dev``, docs/architecture.md, "Running it"): every service in one process,
+with SQLite, the in-process broker and in-memory event streams. No Redis or PostgreSQL needed."""
 
 from __future__ import annotations
 

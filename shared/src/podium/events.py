@@ -1,4 +1,5 @@
-"""Per-run event streams (DESIGN §2): Redis Streams in production, in-memory when embedded.
+"""Per-run event streams (docs/architecture.md, "Services and queues"): Redis Streams in production,
+in-memory when embedded.
 
 Events are replayable from any id (``Last-Event-ID``) until ``event_retention_s`` after the
 run's last event. Ids are Redis stream ids (``<ms>-<n>``), opaque to clients.

@@ -1,6 +1,6 @@
-"""Request classes and the statistics the learner keeps (DESIGN §4), shared by the learner
-(which writes them), the orchestrator (guidance and the learned policy) and the gateway
-(insights).
+"""Request classes and the statistics the learner keeps (docs/architecture.md, "Learning"), shared
+by the learner (which writes them), the orchestrator (guidance and the learned policy) and the
+gateway (insights).
 
 A run's outcome is "good" when its users rated it well (mean ≥ 3.5 of 5), "bad" when they
 rated it poorly (≤ 2.5), and otherwise when it completed. Each tenant x class x pattern (or

@@ -1,4 +1,4 @@
-"""The execution patterns, declared in configuration (DESIGN §3).
+"""The execution patterns, declared in configuration (docs/architecture.md, "Patterns").
 
 The gateway reads names and descriptions from here (``GET /v1/patterns``, validation); the
 orchestrator imports each ``implementation``. The default file ships with the package;

@@ -1,4 +1,5 @@
-"""Queue and task names, defined once for every service (DESIGN §2)."""
+"""Queue and task names, defined once for every service (docs/architecture.md, "Services and
+queues")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tenant limits and their enforcement (DESIGN §2: Redis holds the rate-limit and
+"""Tenant limits and their enforcement (docs/architecture.md, "Data": Redis holds the rate-limit and
 concurrency counters).
 
 Five limits per tenant: requests per minute, concurrent runs, concurrent agent calls, tokens

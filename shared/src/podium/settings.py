@@ -1,6 +1,7 @@
-"""Configuration from the environment (and a .env file), prefix ``PODIUM_`` (DESIGN §8).
+"""Configuration from the environment (and a .env file), prefix ``PODIUM_`` (docs/architecture.md,
+"Running it").
 
-The names of DESIGN §8 are a contract; the rest are documented in the README.
+The names of the README's first configuration rows are a contract; all are documented there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
         env_prefix="PODIUM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    # --- DESIGN §8 contract names -------------------------------------------------------
+    # --- names that are a contract (scripts and operators rely on them) -----------------
     database_url: str = DEFAULT_SQLITE_URL
     # None means: the in-process broker in `podium dev`, else PODIUM_REDIS_URL.
     broker_url: str | None = None
@@ -75,7 +76,7 @@ class Settings(BaseSettings):
     # Rendered decision history above this is summarised (oldest decisions first).
     orchestrator_history_tokens: int = Field(default=600, ge=50)
 
-    # --- learning (DESIGN §4) -------------------------------------------------------------
+    # --- learning (docs/architecture.md, "Learning") --------------------------------------
     # The learned policy overrules a pattern with at least this many outcomes whose lower
     # credible bound of a good outcome is below the threshold.
     policy_min_samples: int = Field(default=5, ge=1)
@@ -89,7 +90,7 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(default=3600.0, ge=1)
     learner_beat: bool = True
 
-    # --- guards (DESIGN §3) ---------------------------------------------------------------
+    # --- guards (docs/architecture.md, "Guards") --------------------------------------------
     run_max_tokens: int = Field(default=200_000, ge=1)
     run_max_cost_usd: float = Field(default=5.0, gt=0)
     run_max_iterations: int = Field(default=100, ge=1)

@@ -1,4 +1,4 @@
-"""Request and response bodies of the agents and patterns routes (DESIGN §5).
+"""Request and response bodies of the agents and patterns routes (docs/architecture.md, "HTTP API").
 
 Field names follow Coday's agent definitions in snake_case (``podium agents import`` maps
 Coday's camelCase YAML onto them)."""

@@ -1,4 +1,4 @@
-"""The gateway's FastAPI application (DESIGN §5). It never calls an LLM."""
+"""The gateway's FastAPI application (docs/architecture.md, "HTTP API"). It never calls an LLM."""
 
 from __future__ import annotations
 

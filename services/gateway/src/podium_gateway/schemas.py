@@ -1,4 +1,4 @@
-"""Request and response bodies of the v1 HTTP API (DESIGN §5)."""
+"""Request and response bodies of the v1 HTTP API (docs/architecture.md, "HTTP API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run outcomes and the statistics recomputed from them (DESIGN §4).
+"""Run outcomes and the statistics recomputed from them (docs/architecture.md, "Learning").
 
 Statistics are recomputed from the outcomes of a tenant x class rather than incremented, so a
 redelivered or replayed event cannot count twice."""

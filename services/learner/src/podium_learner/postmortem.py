@@ -1,4 +1,5 @@
-"""Post-mortems for finished runs and the effect of user feedback (DESIGN §4).
+"""Post-mortems for finished runs and the effect of user feedback (docs/architecture.md,
+"Learning").
 
 Both consumers deduplicate by event id (processed_events), then recompute what they touch,
 so at-least-once delivery is harmless."""

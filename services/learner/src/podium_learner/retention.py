@@ -1,6 +1,7 @@
-"""Retention of orchestration contexts (DESIGN §1, §4): a rolling window, plus selective
-archiving — contexts with feedback or of failed runs are archived and kept longer, because
-they are what delayed learning needs. Post-mortems, outcomes and statistics are kept."""
+"""Retention of orchestration contexts (docs/architecture.md, "Layers" and "Learning"): a rolling
+window, plus selective archiving — contexts with feedback or of failed runs are archived and kept
+longer, because they are what delayed learning needs. Post-mortems, outcomes and statistics are
+kept."""
 
 from __future__ import annotations
 

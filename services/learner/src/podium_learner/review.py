@@ -1,5 +1,6 @@
-"""The LLM review of a post-mortem (DESIGN §4): structured output with what worked, what did
-not, and candidate lessons. A failed review is recorded as such; the facts stand anyway."""
+"""The LLM review of a post-mortem (docs/architecture.md, "Learning"): structured output with what
+worked, what did not, and candidate lessons. A failed review is recorded as such; the facts stand
+anyway."""
 
 from __future__ import annotations
 

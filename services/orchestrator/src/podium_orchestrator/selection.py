@@ -1,5 +1,6 @@
-"""Agent selection for ``direct`` (DESIGN §3): the caller's choice, else an @mention, else the
-thread's last agent, else the tenant default. Returns the agent and why it was chosen."""
+"""Agent selection for ``direct`` (docs/architecture.md, "Decisions"): the caller's choice, else an
+@mention, else the thread's last agent, else the tenant default. Returns the agent and why it was
+chosen."""
 
 from __future__ import annotations
 

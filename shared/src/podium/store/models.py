@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 models of the store (DESIGN §1, §6).
+"""SQLAlchemy 2.0 models of the store (docs/architecture.md, "Layers" and "Data").
 
 Every tenant-owned row carries ``tenant_id`` (mixin ``TenantOwned``); tenant scoping of
 queries is applied in one place, ``podium.store.scoping``.
@@ -223,7 +223,7 @@ class Run(TenantOwned, Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     # Guard hits, in order: [{"guard": ..., "detail": ..., "at": ...}].
     guards: Mapped[list[Any]] = mapped_column(default=list)
-    # The request class the first decision settled on (DESIGN §4 statistics key).
+    # The request class the first decision settled on (the learner's statistics key).
     request_class: Mapped[str | None] = mapped_column(String(30))
     # The question an ask_user decision put to the user, while awaiting_input.
     awaiting: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -294,8 +294,8 @@ class OrchestrationContext(TenantOwned, Base):
     run_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("runs.id", ondelete="CASCADE"), unique=True
     )
-    # Thread events up to this seq have been seen by a decision (DESIGN §3: later decisions
-    # see only the delta).
+    # Thread events up to this seq have been seen by a decision (docs/architecture.md, "The
+    # OrchestrationContext": later decisions see only the delta).
     cursor_seq: Mapped[int] = mapped_column(Integer, default=0)
     # The enforced budget of the Orchestrator agent's own tokens (orchestrator_token_budget
     # when the run was admitted); past it, decisions fall back without an LLM call.
@@ -355,7 +355,8 @@ class PostMortem(TenantOwned, Base):
 
 
 class Feedback(TenantOwned, Base):
-    """A user's delayed rating of a run, or of one message of it (DESIGN §4)."""
+    """A user's delayed rating of a run, or of one message of it (docs/architecture.md,
+    "Learning")."""
 
     __tablename__ = "feedback"
 

@@ -1,4 +1,4 @@
-"""Tenant scoping in one place (DESIGN §6).
+"""Tenant scoping in one place (docs/architecture.md, "Data").
 
 A session opened with ``tenant_session`` carries its tenant in ``session.info``; a single
 ``do_orm_execute`` hook adds ``tenant_id = :tenant`` to every ORM SELECT, UPDATE and DELETE of

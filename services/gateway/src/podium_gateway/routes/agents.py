@@ -1,4 +1,5 @@
-"""The tenant's agent definitions: list, read, create or replace, delete (DESIGN §5).
+"""The tenant's agent definitions: list, read, create or replace, delete (docs/architecture.md,
+"HTTP API").
 
 Writes to one tenant's agents are serialised on the tenant's row, so a sub-agent check and a
 concurrent delete of that sub-agent cannot interleave, and two concurrent creations of one

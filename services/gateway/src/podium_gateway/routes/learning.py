@@ -1,4 +1,5 @@
-"""Delayed user feedback on runs, and the tenant's insights (DESIGN §4, §5)."""
+"""Delayed user feedback on runs, and the tenant's insights (docs/architecture.md, "Learning" and
+"HTTP API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The execution patterns a run may use (DESIGN §3, §5), as configured."""
+"""The execution patterns a run may use (docs/architecture.md, "Patterns" and "HTTP API"), as
+configured."""
 
 from __future__ import annotations
 
