@@ -151,7 +151,7 @@ def test_noisy_tenant_does_not_starve_quiet_ones(
     for tenant in (noisy, *quiet):
         agent = tenant.client.get_agent("assistant")
         agent["pool"] = FAIR_POOL
-        skip = {"name", "created_at", "updated_at"}
+        skip = {"name", "created_at", "updated_at", "warnings"}
         tenant.client.put_agent("assistant", {k: v for k, v in agent.items() if k not in skip})
     prompt = "[sim latency_ms=400] say something"
     noisy_runs = [
