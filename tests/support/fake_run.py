@@ -44,8 +44,11 @@ class FakeModel:
         self.replies = list(replies)
         self.by_request = by_request
         self.requests: list[ChatRequest] = []
+        # Set by FakeRun: fails the call if the world's reads still hold their connection.
+        self.world: FakeWorld | None = None
 
     def complete(self, request: ChatRequest, on_delta: Any = None) -> ChatResult:
+        assert self.world is None or not self.world.holding, "LLM call while reads are held"
         self.requests.append(request)
         if self.by_request is not None:
             reply = self.by_request(request)
@@ -87,29 +90,42 @@ class FakeWorld:
     events: list[EventView] = dataclasses.field(default_factory=list)
     record: dict[str, list[Stat]] = dataclasses.field(default_factory=dict)
     cap: int = 0
+    holding: bool = False
+
+    def release(self) -> None:
+        self.holding = False
+
+    def held(self) -> FakeWorld:
+        # Like StoreWorld, a read holds a connection until the next release.
+        self.holding = True
+        return self
 
     def roster(self, tenant_id: str) -> Roster:
-        return self.roster_
+        return self.held().roster_
 
     def call_cap(self, tenant_id: str) -> int:
         return self.cap
 
     def thread_before(self, thread_id: str, seq: int) -> list[EventView]:
-        return [e for e in self.events if e.seq < seq]
+        return [e for e in self.held().events if e.seq < seq]
 
     def delta(self, thread_id: str, after_seq: int) -> tuple[list[EventView], int]:
-        newer = [e for e in self.events if e.seq > after_seq]
+        newer = [e for e in self.held().events if e.seq > after_seq]
         return newer, len(newer)
 
     def answer_after(self, thread_id: str, seq: int) -> str | None:
         return next(
-            (e.content for e in self.events if e.seq > seq and e.kind == EventKind.USER_MESSAGE),
+            (
+                e.content
+                for e in self.held().events
+                if e.seq > seq and e.kind == EventKind.USER_MESSAGE
+            ),
             None,
         )
 
     def stats(self, tenant_id: str, request_class: str) -> list[Stat]:
         assert request_class in REQUEST_CLASSES
-        return self.record.get(request_class, [])
+        return self.held().record.get(request_class, [])
 
     def lessons(self, tenant_id: str, request_class: str) -> list[str]:
         return []
@@ -136,6 +152,7 @@ class FakeRun:
     ) -> None:
         self.model = model
         self.world = world or FakeWorld()
+        model.world = self.world
         self.settings = settings or Settings(
             llm_provider="simulated", orchestrator_token_budget=20000
         )

@@ -15,8 +15,9 @@ import logging
 from dataclasses import dataclass, replace
 
 from podium.decisions import Decision, DecisionKind, DecisionOutcome
-from podium.lifecycle import RunSnapshot, StepPlan, load_snapshot
+from podium.lifecycle import RunSnapshot, StepPlan
 from podium.lifecycle import runs as lifecycle
+from podium.lifecycle.snapshot import read_snapshot
 from podium.messages import AdvanceRun
 from podium.metrics import (
     BUDGET_HOLDS,
@@ -36,7 +37,7 @@ from podium.store import utcnow
 from podium_orchestrator.decider import Decider, orchestrator_agent
 from podium_orchestrator.next_step import plan_step
 from podium_orchestrator.patterns import registry
-from podium_orchestrator.world import StoreWorld, World
+from podium_orchestrator.world import StoreWorld
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,21 @@ class StepOutcome:
     superseded: list[Decision]
 
 
-def advance(runtime: Runtime, message: AdvanceRun, world: World | None = None) -> StepOutcome:
+def advance(runtime: Runtime, message: AdvanceRun) -> StepOutcome:
     settings = runtime.settings
-    world = world or StoreWorld(runtime)
+    world = StoreWorld(runtime)
     decider = Decider(lambda: orchestrator_agent(settings))
     patterns = registry(settings.patterns_file)
     for _ in range(MAX_ROUNDS):
-        snap = load_snapshot(runtime.db, message.run_id)
-        if snap is None:
-            log.warning("advance: run %s does not exist; ignoring", message.run_id)
-            return StepOutcome(None, [])
-        decider.new_round()
-        plan, next_seq = plan_step(snap, world, decider, patterns, settings)
+        try:
+            snap = read_snapshot(world.session(), message.run_id)
+            if snap is None:
+                log.warning("advance: run %s does not exist; ignoring", message.run_id)
+                return StepOutcome(None, [])
+            decider.new_round()
+            plan, next_seq = plan_step(snap, world, decider, patterns, settings)
+        finally:
+            world.release()
         leftovers = decider.unused()
         superseded: list[Decision] = []
         if leftovers and plan.writes:

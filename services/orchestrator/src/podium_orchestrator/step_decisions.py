@@ -42,20 +42,17 @@ class StepDecisions(StepState):
             return self.record(decision.model_copy(update=seq_range(from_seq, to_seq)))
         stats = self.world.stats(run.tenant_id, rule_class)
         advice = guidance(self.world, run.tenant_id, rule_class, stats)
-        result = self.decider.consult(
-            "first",
-            DecisionInput(
-                phase="first",
-                request=run.input,
-                context=first_context(self.world.thread_before(run.thread_id, to_seq)),
-                agents=self.roster.descriptions,
-                patterns=self.descriptions(),
-                default_agent=selection.agent,
-                guidance=advice,
-            ),
-            tokens_left=self.tokens_left(),
-            run_id=run.id,
+        asked = DecisionInput(
+            phase="first",
+            request=run.input,
+            context=first_context(self.world.thread_before(run.thread_id, to_seq)),
+            agents=self.roster.descriptions,
+            patterns=self.descriptions(),
+            default_agent=selection.agent,
+            guidance=advice,
         )
+        self.world.release()  # no connection held while the Orchestrator agent thinks
+        result = self.decider.consult("first", asked, tokens_left=self.tokens_left(), run_id=run.id)
         built = [self.proposed(result, selection)]
         if advice and built[-1].source == DecisionSource.ORCHESTRATOR:
             built[-1] = built[-1].model_copy(
@@ -169,21 +166,18 @@ class StepDecisions(StepState):
                 summary=folded.summary, summarized_through_seq=folded.summarized_through_seq
             )
         self.cursor = to_seq
-        result = self.decider.consult(
-            key,
-            DecisionInput(
-                phase="later",
-                request=run.input,
-                context=delta.messages,
-                agents=self.roster.descriptions,
-                patterns=self.descriptions(),
-                default_agent=selection.agent,
-                history=folded.text,
-                question=question,
-            ),
-            tokens_left=self.tokens_left(),
-            run_id=run.id,
+        asked = DecisionInput(
+            phase="later",
+            request=run.input,
+            context=delta.messages,
+            agents=self.roster.descriptions,
+            patterns=self.descriptions(),
+            default_agent=selection.agent,
+            history=folded.text,
+            question=question,
         )
+        self.world.release()  # no connection held while the Orchestrator agent thinks
+        result = self.decider.consult(key, asked, tokens_left=self.tokens_left(), run_id=run.id)
         if kind == DecisionKind.CHECKPOINT:
             current = self.current()
             built = [make.checkpoint(result, str(checkpoint), current, self.pattern)]

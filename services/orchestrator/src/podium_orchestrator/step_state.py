@@ -46,7 +46,9 @@ class StepState:
         self.decider = decider
         self.patterns = patterns
         self.settings = settings
-        self.plan = StepPlan(snap.run.id, snap.run.tenant_id, snap.run.thread_id, snap.version)
+        self.plan = StepPlan(
+            snap.run.id, snap.run.tenant_id, snap.run.thread_id, snap.version, snap.context.id
+        )
         self.decisions: list[Decision] = list(snap.decisions)
         self.calls: list[CallView] = list(snap.calls)
         self.next_seq = snap.last_seq + 1

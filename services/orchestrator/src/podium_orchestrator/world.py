@@ -6,10 +6,12 @@ step an in-memory ``World`` instead."""
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from podium.decisions import AgentParameters
 from podium.quotas import load_limits
@@ -64,6 +66,11 @@ class Roster:
 
 
 class World(Protocol):
+    def release(self) -> None:
+        """Give back whatever connection the reads hold: called before the Orchestrator
+        agent is consulted, and when the step's planning ends."""
+        ...
+
     def roster(self, tenant_id: str) -> Roster: ...
 
     def call_cap(self, tenant_id: str) -> int:
@@ -119,50 +126,86 @@ _CALL_CAPS = _Ttl(5.0)
 
 
 class StoreWorld:
+    """Reads through one read-only session, opened on the first read and given back by
+    ``release`` (the step releases it before every LLM call), so a step's reads cost one
+    connection checkout between two decisions instead of one each."""
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.db = runtime.db
+        self._session: Session | None = None
+        self._scope: AbstractContextManager[Session] | None = None
+        self._roster: tuple[str, Roster] | None = None
+
+    def session(self) -> Session:
+        if self._session is None:
+            self._scope = self.db.read()
+            self._session = self._scope.__enter__()
+        return self._session
+
+    def release(self) -> None:
+        scope, self._scope, self._session = self._scope, None, None
+        if scope is not None:
+            scope.__exit__(None, None, None)
 
     def roster(self, tenant_id: str) -> Roster:
-        with self.db.read() as session:
-            agents = {
-                a.name: AgentSpec(
-                    name=a.name,
-                    description=a.description,
-                    instructions=a.instructions,
-                    provider=a.provider,
-                    model=a.model,
-                    temperature=a.temperature,
-                    max_output_tokens=a.max_output_tokens,
-                    tools=tuple(a.tools or ()),
-                    pool=a.pool,
-                )
-                for a in session.scalars(select(Agent).where(Agent.tenant_id == tenant_id))
-            }
-            default = session.scalar(select(Tenant.default_agent).where(Tenant.id == tenant_id))
-        return Roster(agents, default or "assistant")
+        if self._roster is not None and self._roster[0] == tenant_id:
+            return self._roster[1]
+        session = self.session()
+        rows = session.execute(
+            select(
+                Agent.name,
+                Agent.description,
+                Agent.instructions,
+                Agent.provider,
+                Agent.model,
+                Agent.temperature,
+                Agent.max_output_tokens,
+                Agent.tools,
+                Agent.pool,
+            ).where(Agent.tenant_id == tenant_id)
+        ).all()
+        agents = {
+            r.name: AgentSpec(
+                name=r.name,
+                description=r.description,
+                instructions=r.instructions,
+                provider=r.provider,
+                model=r.model,
+                temperature=r.temperature,
+                max_output_tokens=r.max_output_tokens,
+                tools=tuple(r.tools or ()),
+                pool=r.pool,
+            )
+            for r in rows
+        }
+        default = session.scalar(select(Tenant.default_agent).where(Tenant.id == tenant_id))
+        roster = Roster(agents, default or "assistant")
+        # Kept for this step only (its retries included): a changed agent applies next step.
+        self._roster = (tenant_id, roster)
+        return roster
 
     def call_cap(self, tenant_id: str) -> int:
         cap = _CALL_CAPS.get(tenant_id)
         if cap is None:
-            with self.db.read() as session:
-                cap = load_limits(session, self.runtime.settings, tenant_id).concurrent_calls
+            session = self.session()
+            cap = load_limits(session, self.runtime.settings, tenant_id).concurrent_calls
             _CALL_CAPS.put(tenant_id, cap)
         return cap
 
     def thread_before(self, thread_id: str, seq: int) -> list[EventView]:
-        with self.db.read() as session:
-            rows = session.scalars(
-                select(ThreadEvent)
-                .where(
-                    ThreadEvent.thread_id == thread_id,
-                    ThreadEvent.seq < seq,
-                    ThreadEvent.kind.in_([k.value for k in SHOWN_KINDS]),
-                )
-                .order_by(ThreadEvent.seq.desc())
-                .limit(FIRST_CONTEXT_EVENTS)
-            ).all()
-            return [_event(r) for r in reversed(rows)]
+        session = self.session()
+        rows = session.scalars(
+            select(ThreadEvent)
+            .where(
+                ThreadEvent.thread_id == thread_id,
+                ThreadEvent.seq < seq,
+                ThreadEvent.kind.in_([k.value for k in SHOWN_KINDS]),
+            )
+            .order_by(ThreadEvent.seq.desc())
+            .limit(FIRST_CONTEXT_EVENTS)
+        ).all()
+        return [_event(r) for r in reversed(rows)]
 
     def delta(self, thread_id: str, after_seq: int) -> tuple[list[EventView], int]:
         shown = [
@@ -170,52 +213,52 @@ class StoreWorld:
             ThreadEvent.seq > after_seq,
             ThreadEvent.kind.in_([k.value for k in SHOWN_KINDS]),
         ]
-        with self.db.read() as session:
-            rows = session.scalars(
-                select(ThreadEvent)
-                .where(*shown)
-                .order_by(ThreadEvent.seq.desc())
-                .limit(DELTA_EVENTS + DELTA_SUMMARISED)
-            ).all()
-            total = len(rows)
-            if total == DELTA_EVENTS + DELTA_SUMMARISED:
-                total = int(session.scalar(select(func.count()).where(*shown)) or total)
-            return [_event(r) for r in reversed(rows)], total
+        session = self.session()
+        rows = session.scalars(
+            select(ThreadEvent)
+            .where(*shown)
+            .order_by(ThreadEvent.seq.desc())
+            .limit(DELTA_EVENTS + DELTA_SUMMARISED)
+        ).all()
+        total = len(rows)
+        if total == DELTA_EVENTS + DELTA_SUMMARISED:
+            total = int(session.scalar(select(func.count()).where(*shown)) or total)
+        return [_event(r) for r in reversed(rows)], total
 
     def answer_after(self, thread_id: str, seq: int) -> str | None:
-        with self.db.read() as session:
-            return session.scalars(
-                select(ThreadEvent.content)
-                .where(
-                    ThreadEvent.thread_id == thread_id,
-                    ThreadEvent.seq > seq,
-                    ThreadEvent.kind == EventKind.USER_MESSAGE.value,
-                )
-                .order_by(ThreadEvent.seq)
-                .limit(1)
-            ).first()
+        session = self.session()
+        return session.scalars(
+            select(ThreadEvent.content)
+            .where(
+                ThreadEvent.thread_id == thread_id,
+                ThreadEvent.seq > seq,
+                ThreadEvent.kind == EventKind.USER_MESSAGE.value,
+            )
+            .order_by(ThreadEvent.seq)
+            .limit(1)
+        ).first()
 
     def stats(self, tenant_id: str, request_class: str) -> list[Stat]:
-        with self.db.read() as session:
-            rows = session.scalars(
-                select(LearningStat)
-                .where(
-                    LearningStat.tenant_id == tenant_id,
-                    LearningStat.request_class == request_class,
-                )
-                .order_by(LearningStat.dimension, LearningStat.value)
-            ).all()
-            return [Stat(r.dimension, r.value, r.good, r.samples, r.mean_rating) for r in rows]
+        session = self.session()
+        rows = session.scalars(
+            select(LearningStat)
+            .where(
+                LearningStat.tenant_id == tenant_id,
+                LearningStat.request_class == request_class,
+            )
+            .order_by(LearningStat.dimension, LearningStat.value)
+        ).all()
+        return [Stat(r.dimension, r.value, r.good, r.samples, r.mean_rating) for r in rows]
 
     def lessons(self, tenant_id: str, request_class: str) -> list[str]:
-        with self.db.read() as session:
-            reviews = session.scalars(
-                select(PostMortem.review)
-                .join(RunOutcome, RunOutcome.run_id == PostMortem.run_id)
-                .where(RunOutcome.tenant_id == tenant_id, RunOutcome.request_class == request_class)
-                .order_by(PostMortem.created_at.desc())
-                .limit(10)
-            ).all()
+        session = self.session()
+        reviews = session.scalars(
+            select(PostMortem.review)
+            .join(RunOutcome, RunOutcome.run_id == PostMortem.run_id)
+            .where(RunOutcome.tenant_id == tenant_id, RunOutcome.request_class == request_class)
+            .order_by(PostMortem.created_at.desc())
+            .limit(10)
+        ).all()
         seen: list[str] = []
         for review in reviews:
             for lesson in (review or {}).get("lessons", []) or []:

@@ -18,7 +18,6 @@ from podium.store import (
     AgentCall,
     CallStatus,
     EventKind,
-    OrchestrationContext,
     Run,
     RunStatus,
     Thread,
@@ -26,7 +25,10 @@ from podium.store import (
 )
 
 
-def finish(runtime: Runtime, tx: Tx, plan: StepPlan, end: RunEnd, context_id: str) -> None:
+def finish(
+    runtime: Runtime, tx: Tx, plan: StepPlan, end: RunEnd, orchestrator_tokens: int | None
+) -> None:
+    """End the run (its context's outcome was written with the step's context change)."""
     session = tx.session
     now = utcnow()
     session.execute(
@@ -53,19 +55,12 @@ def finish(runtime: Runtime, tx: Tx, plan: StepPlan, end: RunEnd, context_id: st
             func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
         ).where(AgentCall.run_id == plan.run_id)
     ).one()
-    orchestrator_tokens = int(
-        session.scalar(
-            select(OrchestrationContext.tokens_used).where(OrchestrationContext.id == context_id)
-        )
-        or 0
-    )
     usage = {
         "input_tokens": int(tokens_in),
         "output_tokens": int(tokens_out),
-        "orchestrator_tokens": orchestrator_tokens,
+        "orchestrator_tokens": int(orchestrator_tokens or 0),
         "cost_usd": round(float(cost), 6),
     }
-    guards = session.scalar(select(Run.guards).where(Run.id == plan.run_id)) or []
     values: dict[str, Any] = {
         "status": end.status.value,
         "error": end.error,
@@ -80,20 +75,6 @@ def finish(runtime: Runtime, tx: Tx, plan: StepPlan, end: RunEnd, context_id: st
         update(Run)
         .where(Run.id == plan.run_id)
         .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(OrchestrationContext)
-        .where(OrchestrationContext.id == context_id)
-        .values(
-            outcome={
-                "status": end.status.value,
-                "error": end.error,
-                "note": end.note,
-                "guards": guards,
-            },
-            updated_at=now,
-        )
         .execution_options(synchronize_session=False)
     )
     session.execute(
@@ -117,7 +98,7 @@ def finish(runtime: Runtime, tx: Tx, plan: StepPlan, end: RunEnd, context_id: st
     tx.send(RunCompleted(run_id=plan.run_id, tenant_id=plan.tenant_id, status=end.status.value))
     # The run's reservation on the tenant's budgets becomes its real usage once the end is
     # committed (the reaper settles it if this process dies first).
-    tokens = int(tokens_in) + int(tokens_out) + orchestrator_tokens
+    tokens = int(tokens_in) + int(tokens_out) + int(orchestrator_tokens or 0)
     tx.after_commit.append(
         partial(runtime.quotas.settle, plan.tenant_id, plan.run_id, tokens, float(cost))
     )

@@ -84,6 +84,7 @@ class StepPlan:
     tenant_id: str
     thread_id: str
     version: int
+    context_id: str
     # queued -> running, taking the thread.
     start: bool = False
     # awaiting_input -> running with the user's answer.

@@ -52,7 +52,9 @@ def record_superseded(
             )
             for i, d in enumerate(decisions, start=1)
         ]
-        plan = StepPlan(run_id=run_id, tenant_id=tenant_id, thread_id="", version=0)
+        plan = StepPlan(
+            run_id=run_id, tenant_id=tenant_id, thread_id="", version=0, context_id=context_id
+        )
         record_decisions(session, plan, context_id, numbered)
         spent = sum(d.usage.tokens for d in decisions)
         if spent:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from podium.decisions import Decision
 from podium.store import (
@@ -182,52 +183,57 @@ def _run_state(run: Run) -> RunState:
 
 
 def load_snapshot(db: Database, run_id: str) -> RunSnapshot | None:
-    """The run as it stands, or None if it does not exist."""
+    """The run as it stands, or None if it does not exist (a short read)."""
     with db.read() as session:
-        row = session.execute(
-            select(Run, OrchestrationContext)
-            .join(OrchestrationContext, OrchestrationContext.run_id == Run.id)
-            .where(Run.id == run_id)
+        return read_snapshot(session, run_id)
+
+
+def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
+    """The same, in the caller's read session."""
+    row = session.execute(
+        select(Run, OrchestrationContext)
+        .join(OrchestrationContext, OrchestrationContext.run_id == Run.id)
+        .where(Run.id == run_id)
+    ).first()
+    if row is None:
+        return None
+    run, context = row
+    state = _run_state(run)
+    if state.terminal:
+        return RunSnapshot(state, _context(context), (), (), None, False)
+    calls = session.scalars(
+        select(AgentCall)
+        .where(AgentCall.run_id == run_id)
+        .order_by(AgentCall.created_at, AgentCall.id)
+    ).all()
+    decisions = session.scalars(
+        select(OrchestrationDecision)
+        .where(OrchestrationDecision.context_id == context.id)
+        .order_by(OrchestrationDecision.seq)
+    ).all()
+    last_agent, owner = session.execute(
+        select(Thread.last_agent, Thread.active_run_id).where(Thread.id == run.thread_id)
+    ).one()
+    free = owner in (None, run.id)
+    if free and state.status == RunStatus.QUEUED:
+        oldest = session.scalars(
+            select(Run.id)
+            .where(
+                Run.thread_id == run.thread_id,
+                Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+            )
+            .order_by(Run.created_at, Run.id)
+            .limit(1)
         ).first()
-        if row is None:
-            return None
-        run, context = row
-        state = _run_state(run)
-        if state.terminal:
-            return RunSnapshot(state, _context(context), (), (), None, False)
-        calls = session.scalars(
-            select(AgentCall)
-            .where(AgentCall.run_id == run_id)
-            .order_by(AgentCall.created_at, AgentCall.id)
-        ).all()
-        decisions = session.scalars(
-            select(OrchestrationDecision)
-            .where(OrchestrationDecision.context_id == context.id)
-            .order_by(OrchestrationDecision.seq)
-        ).all()
-        last_agent, owner = session.execute(
-            select(Thread.last_agent, Thread.active_run_id).where(Thread.id == run.thread_id)
-        ).one()
-        free = owner in (None, run.id)
-        if free and state.status == RunStatus.QUEUED:
-            oldest = session.scalars(
-                select(Run.id)
-                .where(
-                    Run.thread_id == run.thread_id,
-                    Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
-                )
-                .order_by(Run.created_at, Run.id)
-                .limit(1)
-            ).first()
-            free = oldest == run.id
-        return RunSnapshot(
-            run=state,
-            context=_context(context),
-            calls=tuple(CallView.of(c) for c in calls),
-            decisions=tuple(Decision.from_row(d) for d in decisions),
-            last_agent=last_agent,
-            thread_free=free,
-        )
+        free = oldest == run.id
+    return RunSnapshot(
+        run=state,
+        context=_context(context),
+        calls=tuple(CallView.of(c) for c in calls),
+        decisions=tuple(Decision.from_row(d) for d in decisions),
+        last_agent=last_agent,
+        thread_free=free,
+    )
 
 
 def _context(row: OrchestrationContext) -> ContextState:

@@ -85,18 +85,17 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     guards, awaiting, created_at = list(current[0] or []), dict(current[1] or {}), current[2]
     if plan.start and not _take_thread(session, plan):
         raise _Abort("thread_busy")
+    guards = [*guards, *plan.guards]
     if plan.guards or plan.answer is not None:
         if plan.answer is not None:
             awaiting["answer"] = plan.answer
         session.execute(
             update(Run)
             .where(Run.id == plan.run_id)
-            .values(guards=[*guards, *plan.guards], awaiting=awaiting or None)
+            .values(guards=guards, awaiting=awaiting or None)
             .execution_options(synchronize_session=False)
         )
-    context_id = session.scalars(
-        select(OrchestrationContext.id).where(OrchestrationContext.run_id == plan.run_id)
-    ).one()
+    context_id = plan.context_id
     record_decisions(session, plan, context_id, plan.decisions)
     for seq, outcome in plan.outcomes.items():
         _set_outcome(session, context_id, seq, outcome)
@@ -117,10 +116,15 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     cursor = plan.context.cursor_seq
     if plan.question is not None:
         cursor = _ask(session, plan, awaiting)
-    _update_context(session, plan, context_id, cursor)
+    run_outcome: dict[str, Any] | None = None
+    if plan.end is not None:
+        end = plan.end
+        run_outcome = {"status": end.status.value, "error": end.error, "note": end.note}
+        run_outcome["guards"] = guards
+    tokens_used = _update_context(session, plan, context_id, cursor, run_outcome)
     finished, duration = None, None
     if plan.end is not None:
-        finish(runtime, tx, plan, plan.end, context_id)
+        finish(runtime, tx, plan, plan.end, tokens_used)
         finished = plan.end.status
         duration = (utcnow() - created_at).total_seconds()
     return StepApplied(True, finished=finished, duration_s=duration)
@@ -275,9 +279,19 @@ def _ask(session: Session, plan: StepPlan, awaiting: dict[str, Any]) -> int:
     return seq
 
 
-def _update_context(session: Session, plan: StepPlan, context_id: str, cursor: int | None) -> None:
+def _update_context(
+    session: Session,
+    plan: StepPlan,
+    context_id: str,
+    cursor: int | None,
+    outcome: dict[str, Any] | None,
+) -> int | None:
+    """Apply the step's change to the context; with the run's outcome at its end, returning
+    the Orchestrator agent's tokens of the whole run."""
     change = plan.context
     values: dict[str, Any] = {}
+    if outcome is not None:
+        values["outcome"] = outcome
     if cursor is not None:
         values["cursor_seq"] = cursor
     if change.tokens_added:
@@ -285,11 +299,14 @@ def _update_context(session: Session, plan: StepPlan, context_id: str, cursor: i
     if change.summarized_through_seq is not None:
         values["summary"] = change.summary
         values["summarized_through_seq"] = change.summarized_through_seq
-    if values:
-        values["updated_at"] = utcnow()
-        session.execute(
-            update(OrchestrationContext)
-            .where(OrchestrationContext.id == context_id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+    if not values:
+        return None
+    values["updated_at"] = utcnow()
+    tokens: int | None = session.scalar(
+        update(OrchestrationContext)
+        .where(OrchestrationContext.id == context_id)
+        .values(**values)
+        .returning(OrchestrationContext.tokens_used)
+        .execution_options(synchronize_session=False)
+    )
+    return tokens
