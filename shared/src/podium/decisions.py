@@ -181,7 +181,8 @@ class Decision(BaseModel):
         return dims
 
     @classmethod
-    def from_row(cls, row: OrchestrationDecision) -> Decision:
+    def from_row(cls, row: OrchestrationDecision | Any) -> Decision:
+        """From an ``OrchestrationDecision`` or a row of its table."""
         return cls(
             seq=row.seq,
             dimensions=Dimensions.model_validate(_legacy_dimensions(row.dimensions or {})),

@@ -55,19 +55,27 @@ class ClaimedCall:
 def load_claimed(runtime: Runtime, call_id: str) -> ClaimedCall:
     """A claimed call as its worker needs it (a short read)."""
     with runtime.db.read() as session:
-        row = session.execute(
-            select(AgentCall, Run.thread_id, Run.input, Run.input_event_seq)
-            .join(Run, Run.id == AgentCall.run_id)
-            .where(AgentCall.id == call_id)
-        ).one()
-        call = row[0]
+        row = (
+            session.connection()
+            .execute(
+                select(
+                    AgentCall.__table__,
+                    Run.thread_id.label("run_thread_id"),
+                    Run.input.label("run_input"),
+                    Run.input_event_seq.label("run_input_event_seq"),
+                )
+                .join(Run, Run.id == AgentCall.run_id)
+                .where(AgentCall.id == call_id)
+            )
+            .one()
+        )
         return ClaimedCall(
-            call=CallView.of(call),
-            attempts=call.attempts,
-            context_until_seq=call.context_until_seq,
-            run_thread_id=row[1],
-            run_input=row[2],
-            run_input_event_seq=row[3],
+            call=CallView.of(row),
+            attempts=row.attempts,
+            context_until_seq=row.context_until_seq,
+            run_thread_id=row.run_thread_id,
+            run_input=row.run_input,
+            run_input_event_seq=row.run_input_event_seq,
         )
 
 
@@ -80,16 +88,21 @@ def claim(runtime: Runtime, call_id: str) -> bool:
         Run.cancel_requested.is_(False),
     )
     with owned_transaction(runtime) as tx:
-        won = tx.session.execute(
-            update(AgentCall)
-            .where(AgentCall.id == call_id, AgentCall.status == CallStatus.PENDING.value, run_open)
-            .values(
-                status=CallStatus.RUNNING.value,
-                attempts=AgentCall.attempts + 1,
-                started_at=utcnow(),
+        won = (
+            tx.session.connection()
+            .execute(
+                update(AgentCall)
+                .where(
+                    AgentCall.id == call_id, AgentCall.status == CallStatus.PENDING.value, run_open
+                )
+                .values(
+                    status=CallStatus.RUNNING.value,
+                    attempts=AgentCall.attempts + 1,
+                    started_at=utcnow(),
+                )
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+            .rowcount
+        )
     return bool(won)
 
 
@@ -139,29 +152,35 @@ def take_over(runtime: Runtime, call_id: str, attempts: int, *, grace_s: float) 
     yet)."""
     cutoff = utcnow() - timedelta(seconds=grace_s)
     with owned_transaction(runtime) as tx:
-        won = tx.session.execute(
-            update(AgentCall)
-            .where(
-                AgentCall.id == call_id,
-                AgentCall.status == CallStatus.RUNNING.value,
-                AgentCall.attempts == attempts,
-                AgentCall.started_at < cutoff,
+        won = (
+            tx.session.connection()
+            .execute(
+                update(AgentCall)
+                .where(
+                    AgentCall.id == call_id,
+                    AgentCall.status == CallStatus.RUNNING.value,
+                    AgentCall.attempts == attempts,
+                    AgentCall.started_at < cutoff,
+                )
+                .values(attempts=attempts + 1, started_at=utcnow())
             )
-            .values(attempts=attempts + 1, started_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+            .rowcount
+        )
     return bool(won)
 
 
 def cancel_open(runtime: Runtime, call_id: str, run_id: str) -> bool:
     """A call whose run was cancelled or ended: cancelled, and the run stepped."""
     with owned_transaction(runtime) as tx:
-        done = tx.session.execute(
-            update(AgentCall)
-            .where(AgentCall.id == call_id, AgentCall.status.in_(_OPEN))
-            .values(status=CallStatus.CANCELLED.value, finished_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+        done = (
+            tx.session.connection()
+            .execute(
+                update(AgentCall)
+                .where(AgentCall.id == call_id, AgentCall.status.in_(_OPEN))
+                .values(status=CallStatus.CANCELLED.value, finished_at=utcnow())
+            )
+            .rowcount
+        )
         if done:
             tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
     return bool(done)
@@ -171,20 +190,23 @@ def give_up_lost(runtime: Runtime, call_id: str, run_id: str, attempts: int) -> 
     """A call started ``attempts`` times whose worker was lost each time: failed with
     ``call_lost``, and its run stepped, so its pattern reports the failure cleanly."""
     with owned_transaction(runtime) as tx:
-        failed = tx.session.execute(
-            update(AgentCall)
-            .where(
-                AgentCall.id == call_id,
-                AgentCall.status == CallStatus.RUNNING.value,
-                AgentCall.attempts == attempts,
+        failed = (
+            tx.session.connection()
+            .execute(
+                update(AgentCall)
+                .where(
+                    AgentCall.id == call_id,
+                    AgentCall.status == CallStatus.RUNNING.value,
+                    AgentCall.attempts == attempts,
+                )
+                .values(
+                    status=CallStatus.FAILED.value,
+                    error=call_lost_error(attempts),
+                    finished_at=utcnow(),
+                )
             )
-            .values(
-                status=CallStatus.FAILED.value,
-                error=call_lost_error(attempts),
-                finished_at=utcnow(),
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+            .rowcount
+        )
         if failed:
             tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
     if failed:
@@ -295,13 +317,12 @@ def commit(runtime: Runtime, call: CallView, result: CallResult, answer: str | N
     any more (cancelled meanwhile, or another delivery committed first). The answer becomes
     the agent's message in the call's thread, once (deduplicated by the call's id)."""
     with owned_transaction(runtime) as tx:
-        session = tx.session
+        session = tx.session.connection()
         won = session.execute(
             update(AgentCall)
             .where(AgentCall.id == call.id, AgentCall.status == CallStatus.RUNNING.value)
             .values(finished_at=utcnow(), **result.columns())
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+        ).rowcount
         if not won:
             return False
         if answer:
@@ -318,16 +339,10 @@ def commit(runtime: Runtime, call: CallView, result: CallResult, answer: str | N
                 dedupe_key=f"call:{call.id}",
             )
             session.execute(
-                update(AgentCall)
-                .where(AgentCall.id == call.id)
-                .values(message_event_id=event_id)
-                .execution_options(synchronize_session=False)
+                update(AgentCall).where(AgentCall.id == call.id).values(message_event_id=event_id)
             )
             session.execute(
-                update(Thread)
-                .where(Thread.id == call.thread_id)
-                .values(last_agent=call.agent)
-                .execution_options(synchronize_session=False)
+                update(Thread).where(Thread.id == call.thread_id).values(last_agent=call.agent)
             )
         tx.send(AdvanceRun(run_id=call.run_id, reason="call.finished", call_id=call.id))
         return True

@@ -29,13 +29,13 @@ def finish(
     runtime: Runtime, tx: Tx, plan: StepPlan, end: RunEnd, orchestrator_tokens: int | None
 ) -> None:
     """End the run (its context's outcome was written with the step's context change)."""
-    session = tx.session
+    # Core statements on the connection: no ORM bookkeeping on the hot path.
+    session = tx.session.connection()
     now = utcnow()
     session.execute(
         update(AgentCall)
         .where(AgentCall.run_id == plan.run_id, AgentCall.status.in_(OPEN_CALLS))
         .values(status=CallStatus.CANCELLED.value, finished_at=now)
-        .execution_options(synchronize_session=False)
     )
     if end.answer_as and end.output:
         append_event(
@@ -71,17 +71,11 @@ def finish(
     }
     if end.output is not None:
         values["output"] = end.output
-    session.execute(
-        update(Run)
-        .where(Run.id == plan.run_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(update(Run).where(Run.id == plan.run_id).values(**values))
     session.execute(
         update(Thread)
         .where(Thread.id == plan.thread_id, Thread.active_run_id == plan.run_id)
         .values(active_run_id=None)
-        .execution_options(synchronize_session=False)
     )
     next_run = session.scalars(
         select(Run.id)

@@ -55,7 +55,7 @@ def record_superseded(
         plan = StepPlan(
             run_id=run_id, tenant_id=tenant_id, thread_id="", version=0, context_id=context_id
         )
-        record_decisions(session, plan, context_id, numbered)
+        record_decisions(session.connection(), plan, context_id, numbered)
         spent = sum(d.usage.tokens for d in decisions)
         if spent:
             session.execute(

@@ -112,7 +112,8 @@ class CallView:
         return str(kind) if kind in ("handoff", "delegate") else None
 
     @classmethod
-    def of(cls, row: AgentCall) -> CallView:
+    def of(cls, row: Any) -> CallView:
+        """From an ``AgentCall`` or a row of ``agent_calls``."""
         return cls(
             id=row.id,
             run_id=row.run_id,
@@ -159,7 +160,7 @@ class RunSnapshot:
         return max((d.seq for d in self.decisions), default=0)
 
 
-def _run_state(run: Run) -> RunState:
+def _run_state(run: Any) -> RunState:
     return RunState(
         id=run.id,
         tenant_id=run.tenant_id,
@@ -189,34 +190,34 @@ def load_snapshot(db: Database, run_id: str) -> RunSnapshot | None:
 
 
 def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
-    """The same, in the caller's read session."""
-    row = session.execute(
-        select(Run, OrchestrationContext)
-        .join(OrchestrationContext, OrchestrationContext.run_id == Run.id)
-        .where(Run.id == run_id)
-    ).first()
-    if row is None:
+    """The same, in the caller's read session. Rows are read as plain rows, not ORM
+    objects: a snapshot is read on every step."""
+    conn = session.connection()
+    run = conn.execute(select(Run.__table__).where(Run.id == run_id)).first()
+    if run is None:
         return None
-    run, context = row
+    context = conn.execute(
+        select(OrchestrationContext.__table__).where(OrchestrationContext.run_id == run_id)
+    ).one()
     state = _run_state(run)
     if state.terminal:
         return RunSnapshot(state, _context(context), (), (), None, False)
-    calls = session.scalars(
-        select(AgentCall)
+    calls = conn.execute(
+        select(AgentCall.__table__)
         .where(AgentCall.run_id == run_id)
         .order_by(AgentCall.created_at, AgentCall.id)
     ).all()
-    decisions = session.scalars(
-        select(OrchestrationDecision)
+    decisions = conn.execute(
+        select(OrchestrationDecision.__table__)
         .where(OrchestrationDecision.context_id == context.id)
         .order_by(OrchestrationDecision.seq)
     ).all()
-    last_agent, owner = session.execute(
+    last_agent, owner = conn.execute(
         select(Thread.last_agent, Thread.active_run_id).where(Thread.id == run.thread_id)
     ).one()
     free = owner in (None, run.id)
     if free and state.status == RunStatus.QUEUED:
-        oldest = session.scalars(
+        oldest = conn.scalar(
             select(Run.id)
             .where(
                 Run.thread_id == run.thread_id,
@@ -224,7 +225,7 @@ def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
             )
             .order_by(Run.created_at, Run.id)
             .limit(1)
-        ).first()
+        )
         free = oldest == run.id
     return RunSnapshot(
         run=state,
@@ -236,7 +237,7 @@ def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
     )
 
 
-def _context(row: OrchestrationContext) -> ContextState:
+def _context(row: Any) -> ContextState:
     return ContextState(
         id=row.id,
         cursor_seq=row.cursor_seq,

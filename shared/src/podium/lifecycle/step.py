@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from podium.decisions import Decision, DecisionOutcome
 from podium.lifecycle.finish import finish
 from podium.lifecycle.plan import NewCall, StepPlan
-from podium.lifecycle.run_state import TERMINAL, unfinished
+from podium.lifecycle.run_state import TERMINAL
 from podium.lifecycle.threads import append_event, open_sub_thread
 from podium.lifecycle.tx import owned_transaction
 from podium.messages import SubmitAgentCall
@@ -61,7 +61,8 @@ def apply_step(runtime: Runtime, plan: StepPlan) -> StepApplied:
 
 
 def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
-    session = tx.session
+    # Core statements on the connection: no ORM bookkeeping on the hot path.
+    session = tx.session.connection()
     now = utcnow()
     values: dict[str, Any] = {"version": plan.version + 1}
     if plan.start:
@@ -78,7 +79,6 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
         .where(Run.id == plan.run_id, Run.version == plan.version, Run.status.not_in(TERMINAL))
         .values(**values)
         .returning(Run.guards, Run.awaiting, Run.created_at)
-        .execution_options(synchronize_session=False)
     ).first()
     if current is None:
         raise _Abort("stale")
@@ -93,7 +93,6 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
             update(Run)
             .where(Run.id == plan.run_id)
             .values(guards=guards, awaiting=awaiting or None)
-            .execution_options(synchronize_session=False)
         )
     context_id = plan.context_id
     record_decisions(session, plan, context_id, plan.decisions)
@@ -130,11 +129,9 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     return StepApplied(True, finished=finished, duration_s=duration)
 
 
-def _take_thread(session: Session, plan: StepPlan) -> bool:
-    """Runs of one thread execute one at a time, oldest first."""
-    oldest = unfinished(session, plan.thread_id)
-    if oldest is None or oldest[0] != plan.run_id:
-        return False
+def _take_thread(session: Connection, plan: StepPlan) -> bool:
+    """Runs of one thread execute one at a time, oldest first (the snapshot saw this run
+    first in line; taking the thread is what guards it)."""
     taken = session.execute(
         update(Thread)
         .where(
@@ -142,13 +139,12 @@ def _take_thread(session: Session, plan: StepPlan) -> bool:
             (Thread.active_run_id.is_(None)) | (Thread.active_run_id == plan.run_id),
         )
         .values(active_run_id=plan.run_id)
-        .execution_options(synchronize_session=False)
     )
-    return bool(taken.rowcount)  # type: ignore[attr-defined]
+    return bool(taken.rowcount)
 
 
 def record_decisions(
-    session: Session, plan: StepPlan, context_id: str, decisions: list[Decision]
+    session: Connection, plan: StepPlan, context_id: str, decisions: list[Decision]
 ) -> None:
     if not decisions:
         return
@@ -169,19 +165,19 @@ def record_decisions(
     )
 
 
-def _set_outcome(session: Session, context_id: str, seq: int, outcome: DecisionOutcome) -> None:
+def _set_outcome(session: Connection, context_id: str, seq: int, outcome: DecisionOutcome) -> None:
     session.execute(
         update(OrchestrationDecision)
         .where(OrchestrationDecision.context_id == context_id, OrchestrationDecision.seq == seq)
         .values(actual_outcome=outcome.as_dict())
-        .execution_options(synchronize_session=False)
     )
 
 
 def _insert_calls(tx: Tx, plan: StepPlan) -> None:
     if not plan.calls:
         return
-    session = tx.session
+    # Core statements on the connection: no ORM bookkeeping on the hot path.
+    session = tx.session.connection()
     until: dict[str, int] = {}
     rows = []
     for call in plan.calls:
@@ -252,7 +248,7 @@ def _call_row(plan: StepPlan, call: NewCall, until_seq: int) -> dict[str, Any]:
     }
 
 
-def _ask(session: Session, plan: StepPlan, awaiting: dict[str, Any]) -> int:
+def _ask(session: Connection, plan: StepPlan, awaiting: dict[str, Any]) -> int:
     assert plan.question is not None
     _, seq = append_event(
         session,
@@ -274,13 +270,12 @@ def _ask(session: Session, plan: StepPlan, awaiting: dict[str, Any]) -> int:
         update(Run)
         .where(Run.id == plan.run_id)
         .values(awaiting=asked, status=RunStatus.AWAITING_INPUT.value, step="awaiting_input")
-        .execution_options(synchronize_session=False)
     )
     return seq
 
 
 def _update_context(
-    session: Session,
+    session: Connection,
     plan: StepPlan,
     context_id: str,
     cursor: int | None,
@@ -307,6 +302,5 @@ def _update_context(
         .where(OrchestrationContext.id == context_id)
         .values(**values)
         .returning(OrchestrationContext.tokens_used)
-        .execution_options(synchronize_session=False)
     )
     return tokens

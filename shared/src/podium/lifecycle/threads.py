@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from podium.lifecycle.tx import owned_transaction
@@ -13,7 +14,7 @@ from podium.runtime import Runtime
 from podium.store.models import Thread, ThreadEvent, new_id, utcnow
 
 
-def next_seq(session: Session, thread_id: str) -> int:
+def next_seq(session: Session | Connection, thread_id: str) -> int:
     """Reserve the next event seq of a thread. The UPDATE row-locks the thread until commit,
     so concurrent appends to one thread get consecutive, unique seqs on every backend."""
     seq = session.execute(
@@ -21,7 +22,6 @@ def next_seq(session: Session, thread_id: str) -> int:
         .where(Thread.id == thread_id)
         .values(event_count=Thread.event_count + 1)
         .returning(Thread.event_count)
-        .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
     if seq is None:
         raise LookupError(f"thread {thread_id} does not exist")
@@ -29,7 +29,7 @@ def next_seq(session: Session, thread_id: str) -> int:
 
 
 def append_event(
-    session: Session,
+    session: Session | Connection,
     *,
     tenant_id: str,
     thread_id: str,
@@ -84,7 +84,12 @@ def create_thread(
 
 
 def open_sub_thread(
-    session: Session, *, tenant_id: str, thread_id: str, parent_thread_id: str, title: str
+    session: Session | Connection,
+    *,
+    tenant_id: str,
+    thread_id: str,
+    parent_thread_id: str,
+    title: str,
 ) -> None:
     now = utcnow()
     session.execute(
