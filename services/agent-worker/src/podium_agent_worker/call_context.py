@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from podium.lifecycle.calls import ClaimedCall
 from podium.llm import ChatMessage
-from podium.store import Database, EventKind, ThreadEvent
+from podium.store import EventKind, ThreadEvent
 from podium_agent_worker.compaction import Entry
 
 CONTEXT_KINDS = (
@@ -30,8 +31,8 @@ class CallContext:
     task: str | None
 
 
-def load_context(db: Database, claimed: ClaimedCall) -> CallContext:
-    """The call's context, read after its claim (a short read of its own)."""
+def load_context(session: Session, claimed: ClaimedCall) -> CallContext:
+    """The call's context, read after its claim, in the caller's read session."""
     call = claimed.call
     instructions = str(call.params.get("instructions", ""))
     if call.context_mode == "clean" and call.thread_id == claimed.run_thread_id:
@@ -48,11 +49,10 @@ def load_context(db: Database, claimed: ClaimedCall) -> CallContext:
                 ThreadEvent.run_id == call.run_id,
             )
         )
-    with db.read() as session:
-        return _load(session, visible, instructions, call.task)
+    return _load(session, visible, instructions, call.task)
 
 
-def _load(session: Any, visible: list[Any], instructions: str, task: str | None) -> CallContext:
+def _load(session: Session, visible: list[Any], instructions: str, task: str | None) -> CallContext:
     latest_summary = session.scalar(
         select(ThreadEvent.seq)
         .where(*visible, ThreadEvent.kind == EventKind.SUMMARY.value)

@@ -50,7 +50,7 @@ from podium.pricing import PriceTable
 from podium.runtime import Runtime
 from podium.store import TERMINAL_CALL_STATUSES, AgentCall, CallStatus, Run
 from podium_agent_worker.agent_loop import AgentLoop, CallCancelled, Outcome
-from podium_agent_worker.call_context import load_context
+from podium_agent_worker.call_context import CallContext, load_context
 from podium_agent_worker.leases import LeaseHolder
 from podium_agent_worker.tools import default_registry
 
@@ -85,11 +85,10 @@ class Executor:
         try:
             # Claimed and leased: from here the call is this worker's, so a store outage is
             # waited out rather than giving the call up to a takeover.
-            claimed = self._patiently(
-                f"call {message.call_id}",
-                lambda: call_lifecycle.load_claimed(self.runtime, message.call_id),
+            claimed, context = self._patiently(
+                f"call {message.call_id}", lambda: self._load(message.call_id)
             )
-            status = self._execute(claimed)
+            status = self._execute(claimed, context)
         finally:
             self.leases.drop(message.call_id)
         # Not on an exception: a call requeued at shutdown or retried keeps its slot.
@@ -168,15 +167,18 @@ class Executor:
         return row is None or row[0] != CallStatus.RUNNING or bool(row[1])
 
     # --- run, then commit once ----------------------------------------------------------------
-    def _execute(self, claimed: ClaimedCall) -> str:
+    def _load(self, call_id: str) -> tuple[ClaimedCall, CallContext]:
+        """The claimed call and its context, in one short read."""
+        with self.runtime.db.read() as session:
+            claimed = call_lifecycle.load_claimed(session, call_id)
+            return claimed, load_context(session, claimed)
+
+    def _execute(self, claimed: ClaimedCall, context: CallContext) -> str:
         call = claimed.call
         self._publish(call, "agent_call.started", {"agent": call.agent, "role": call.role})
         started = time.perf_counter()
         primary = call.params.get("provider") or self.settings.llm_provider
         requested = call.params.get("model") or self.settings.llm_model
-        context = self._patiently(
-            "load the context of", lambda: load_context(self.runtime.db, claimed)
-        )
         try:
             outcome = self.loop.run(call, context)
         except CallCancelled:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from podium.events import call_lost_error
 from podium.lifecycle.snapshot import CallView
@@ -52,31 +53,30 @@ class ClaimedCall:
     run_input_event_seq: int
 
 
-def load_claimed(runtime: Runtime, call_id: str) -> ClaimedCall:
-    """A claimed call as its worker needs it (a short read)."""
-    with runtime.db.read() as session:
-        row = (
-            session.connection()
-            .execute(
-                select(
-                    AgentCall.__table__,
-                    Run.thread_id.label("run_thread_id"),
-                    Run.input.label("run_input"),
-                    Run.input_event_seq.label("run_input_event_seq"),
-                )
-                .join(Run, Run.id == AgentCall.run_id)
-                .where(AgentCall.id == call_id)
+def load_claimed(session: Session, call_id: str) -> ClaimedCall:
+    """A claimed call as its worker needs it, in the caller's read session."""
+    row = (
+        session.connection()
+        .execute(
+            select(
+                AgentCall.__table__,
+                Run.thread_id.label("run_thread_id"),
+                Run.input.label("run_input"),
+                Run.input_event_seq.label("run_input_event_seq"),
             )
-            .one()
+            .join(Run, Run.id == AgentCall.run_id)
+            .where(AgentCall.id == call_id)
         )
-        return ClaimedCall(
-            call=CallView.of(row),
-            attempts=row.attempts,
-            context_until_seq=row.context_until_seq,
-            run_thread_id=row.run_thread_id,
-            run_input=row.run_input,
-            run_input_event_seq=row.run_input_event_seq,
-        )
+        .one()
+    )
+    return ClaimedCall(
+        call=CallView.of(row),
+        attempts=row.attempts,
+        context_until_seq=row.context_until_seq,
+        run_thread_id=row.run_thread_id,
+        run_input=row.run_input,
+        run_input_event_seq=row.run_input_event_seq,
+    )
 
 
 def claim(runtime: Runtime, call_id: str) -> bool:
