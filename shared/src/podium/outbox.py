@@ -43,6 +43,8 @@ def stage(session: Session, message: Message, queue: str) -> OutboxMessage:
 
 
 MARK_EVERY_S = 0.1
+# How long a sweeper owns the rows it claimed before another may take them.
+CLAIM_S = 30.0
 
 
 class OutboxRelay:
@@ -63,7 +65,9 @@ class OutboxRelay:
             message = SubmitAgentCall.model_validate(payload)
             call_queue.submit(self._fair(), self.celery, message)
             return
-        self.celery.send_task(task, args=[payload], queue=queue, task_id=payload.get("id"))
+        # A replayed dead letter's payload may be anything; a message's id is its task id.
+        task_id = payload.get("id") if isinstance(payload, dict) else None
+        self.celery.send_task(task, args=[payload], queue=queue, task_id=task_id)
 
     def publish(self, rows: list[OutboxMessage]) -> int:
         """Publish staged rows after their transaction committed. Failures are left to the sweep."""
@@ -114,27 +118,51 @@ class OutboxRelay:
             )
 
     def sweep(self, older_than_s: float = 5.0, limit: int = 200) -> int:
-        """Publish rows whose immediate publish never happened. Returns how many were sent."""
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
-        with self.db.session() as session:
-            query = (
-                select(OutboxMessage)
-                .where(OutboxMessage.published_at.is_(None), OutboxMessage.created_at < cutoff)
-                .order_by(OutboxMessage.created_at)
-                .limit(limit)
+        """Publish rows whose immediate publish never happened. Returns how many were sent.
+
+        The rows are claimed for ``CLAIM_S`` in one short transaction and published after it
+        (never with a transaction open or a row locked while the broker is waited on); a
+        sweeper that dies meanwhile leaves them to the next claim."""
+        now = utcnow()
+        due = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.published_at.is_(None),
+                OutboxMessage.created_at < now - timedelta(seconds=older_than_s),
+                (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now),
             )
-            if self.db.is_postgres:
-                # Two sweepers (two orchestrator replicas) take disjoint rows.
-                query = query.with_for_update(skip_locked=True)
-            rows = list(session.scalars(query))
-            sent = 0
-            for row in rows:
-                try:
-                    self._send(row.task, row.queue, row.payload)
-                except Exception as exc:
-                    log.warning("outbox sweep: publish failed, will retry: %s", exc)
-                    break
-                row.attempts += 1
-                row.published_at = utcnow()
-                sent += 1
-            return sent
+            .order_by(OutboxMessage.created_at)
+            .limit(limit)
+        )
+        if self.db.is_postgres:
+            # Two sweepers (two orchestrator replicas) claim disjoint rows.
+            due = due.with_for_update(skip_locked=True)
+        with self.db.session() as session:
+            rows = session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(due.scalar_subquery()))
+                .values(claimed_until=now + timedelta(seconds=CLAIM_S))
+                .returning(
+                    OutboxMessage.id, OutboxMessage.task, OutboxMessage.queue, OutboxMessage.payload
+                )
+                .execution_options(synchronize_session=False)
+            ).all()
+        sent: list[str] = []
+        for row_id, task, queue, payload in sorted(rows, key=lambda r: r[0]):
+            try:
+                self._send(task, queue, payload)
+            except (ValueError, TypeError) as exc:  # can never be published: not retried
+                log.error("outbox: row %s (%s) cannot be published, dropped: %s", row_id, task, exc)
+            except Exception as exc:
+                log.warning("outbox sweep: publish failed, will retry: %s", exc)
+                break
+            sent.append(row_id)
+        if sent:
+            with self.db.session() as session:
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(sent))
+                    .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1)
+                    .execution_options(synchronize_session=False)
+                )
+        return len(sent)

@@ -7,10 +7,9 @@ import json
 import click
 from sqlalchemy import select
 
-from podium.celery_app import make_celery
 from podium.queues import AGENTS_QUEUE_PREFIX, Queue
 from podium.settings import get_settings
-from podium.store import Database, DeadLetter, utcnow
+from podium.store import Database, DeadLetter, OutboxMessage, new_id, utcnow
 
 
 @click.group()
@@ -76,9 +75,14 @@ def replay(dead_letter_id: str, queue: str | None) -> None:
                 raise click.ClickException(
                     f"no valid queue to replay to ({target!r}); pass --queue"
                 )
-            celery = make_celery(settings, "podium-dlq")
-            celery.send_task(row.task, args=[row.payload], queue=target)
+            # Through the outbox, as every message: the orchestrator's sweep publishes it.
+            session.add(
+                OutboxMessage(id=new_id(), task=row.task, queue=target, payload=row.payload)
+            )
             row.replayed_at = utcnow()
-            click.echo(f"replayed {row.id} ({row.task}) to {target}")
+            click.echo(
+                f"replayed {row.id} ({row.task}) to {target}: in the outbox, published by "
+                f"the orchestrator's sweep within about {settings.outbox_sweep_s + 5:.0f} s"
+            )
     finally:
         db.dispose()

@@ -431,6 +431,8 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A sweeper publishing the row owns it until then (podium.outbox).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class DeadLetter(Base):
