@@ -8,9 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from podium.queues import agents_queue
+from podium_gateway.schemas import Strict
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -18,11 +19,9 @@ AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_PATTERN)]
 ProviderName = Literal["simulated", "openai", "anthropic"]
 
 
-class AgentIn(BaseModel):
+class AgentIn(Strict):
     """The whole definition of an agent: ``PUT`` replaces every field (omitted ones take
     their defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     description: str = Field(default="", max_length=10_000)
     instructions: str = Field(default="", max_length=100_000)

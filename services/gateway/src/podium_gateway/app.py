@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from podium.celery_metrics import install_state_collector
 from podium.runtime import Runtime
+from podium_gateway import openapi_links
 from podium_gateway.errors import install_error_handlers
 from podium_gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from podium_gateway.routes import (
@@ -32,6 +33,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     install_error_handlers(app)
     for module in (tenants, threads, runs, usage, learning, agents, patterns, health):
         app.include_router(module.router)
+    openapi_links.install(app)
     # The last one added is the outermost: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware)

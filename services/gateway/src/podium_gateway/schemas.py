@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# Ids are 32 hex characters; anything that cannot be an id (too long, a NUL, a slash) is 422,
+# a well-formed id of nothing (or of another tenant's resource) is 404.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _id(kind: str) -> Any:
+    return Path(pattern=ID_PATTERN, description=f"The {kind}'s id.", examples=["0" * 32])
+
+
+RunId = Annotated[str, _id("run")]
+ThreadId = Annotated[str, _id("thread")]
+TenantId = Annotated[str, _id("tenant")]
+KeyId = Annotated[str, _id("API key")]
+# Thread event seqs are 32-bit integers in the store.
+MAX_SEQ = 2**31 - 1
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # The store (PostgreSQL text) cannot hold a NUL character: refused here, as bad input.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+        return value
 
 
 class TenantCreate(Strict):

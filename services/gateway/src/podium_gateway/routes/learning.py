@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from podium.learning import REQUEST_CLASSES, Posterior
@@ -27,13 +27,12 @@ from podium.store import (
 )
 from podium_gateway.auth import RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS, ApiError, error_responses, not_found
+from podium_gateway.schemas import RunId, Strict
 
 router = APIRouter(tags=["learning"], responses=API_ERRORS)
 
 
-class FeedbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FeedbackIn(Strict):
     rating: int = Field(ge=1, le=5, description="1 (bad) to 5 (excellent).")
     comment: str | None = Field(default=None, max_length=4000)
     message_id: str | None = Field(
@@ -60,7 +59,7 @@ class FeedbackOut(BaseModel):
     },
 )
 def post_feedback(
-    run_id: str, body: FeedbackIn, principal: TenantDep, runtime: RuntimeDep, response: Response
+    run_id: RunId, body: FeedbackIn, principal: TenantDep, runtime: RuntimeDep, response: Response
 ) -> FeedbackOut:
     """Rate a finished run, or one of its messages. One rating per run, API key and message:
     repeating it returns the same feedback (200); a different one for the same target is 409."""

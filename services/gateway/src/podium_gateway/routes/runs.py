@@ -43,7 +43,9 @@ from podium_gateway.schemas import (
     OrchestrationOut,
     RunAccepted,
     RunCreate,
+    RunId,
     RunOut,
+    ThreadId,
     Usage,
 )
 
@@ -83,11 +85,11 @@ def _existing_for_key(
 )
 def create_run(
     _available: Available,
-    thread_id: str,
+    thread_id: ThreadId,
     body: RunCreate,
     principal: TenantDep,
     runtime: RuntimeDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunAccepted:
     """Start a run on a thread. The work happens asynchronously; follow /events."""
     patterns = cached_patterns(runtime.settings.patterns_file)
@@ -209,7 +211,7 @@ def _load_run(runtime: Runtime, principal: Principal, run_id: str) -> tuple[Run,
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunOut)
-def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
+def get_run(run_id: RunId, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
     run, usage = _load_run(runtime, principal, run_id)
     return RunOut(
         id=run.id,
@@ -238,7 +240,7 @@ def get_run(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> RunOut:
     responses=error_responses(409),
 )
 def cancel_run(
-    _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
+    _available: Available, run_id: RunId, principal: TenantDep, runtime: RuntimeDep
 ) -> RunAccepted:
     """Ask a run to stop; in-flight calls stop at their next step. Idempotent; a decision
     being made meanwhile is recorded as superseded and not executed."""
@@ -256,7 +258,7 @@ def cancel_run(
     responses=error_responses(409, 429),
 )
 def resume_run(
-    _available: Available, run_id: str, principal: TenantDep, runtime: RuntimeDep
+    _available: Available, run_id: RunId, principal: TenantDep, runtime: RuntimeDep
 ) -> RunAccepted:
     """Continue a run held by its token, cost or iteration cap; the caps are doubled."""
     with tenant_session(runtime.db, principal.tenant_id) as session:
@@ -302,7 +304,7 @@ def _sse(event: RunEvent) -> str:
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
 )
 def run_events(
-    run_id: str,
+    run_id: RunId,
     request: Request,
     principal: TenantDep,
     runtime: RuntimeDep,
@@ -371,7 +373,7 @@ def _decision_out(d: Decision) -> DecisionOut:
 
 
 @router.get("/v1/runs/{run_id}/orchestration", response_model=OrchestrationOut)
-def get_orchestration(run_id: str, principal: TenantDep, runtime: RuntimeDep) -> OrchestrationOut:
+def get_orchestration(run_id: RunId, principal: TenantDep, runtime: RuntimeDep) -> OrchestrationOut:
     """The run's OrchestrationContext: decisions with rationale, budget, outcome, post-mortem."""
     with tenant_session(runtime.db, principal.tenant_id) as session:
         context = session.scalars(

@@ -15,7 +15,9 @@ from podium_gateway.schemas import (
     ApiKeyCreate,
     ApiKeyInfo,
     ApiKeyOut,
+    KeyId,
     TenantCreate,
+    TenantId,
     TenantLimits,
     TenantOut,
     TenantPatch,
@@ -51,7 +53,7 @@ def create_tenant(body: TenantCreate, _admin: AdminDep, runtime: RuntimeDep) -> 
 
 
 @router.get("/{tenant_id}", response_model=TenantOut)
-def get_tenant(tenant_id: str, _admin: AdminDep, runtime: RuntimeDep) -> TenantOut:
+def get_tenant(tenant_id: TenantId, _admin: AdminDep, runtime: RuntimeDep) -> TenantOut:
     """A tenant and the limits in force for it."""
     with runtime.db.session() as session:
         tenant = session.get(Tenant, tenant_id)
@@ -62,7 +64,7 @@ def get_tenant(tenant_id: str, _admin: AdminDep, runtime: RuntimeDep) -> TenantO
 
 @router.patch("/{tenant_id}", response_model=TenantOut)
 def patch_tenant(
-    tenant_id: str, body: TenantPatch, _admin: AdminDep, runtime: RuntimeDep
+    tenant_id: TenantId, body: TenantPatch, _admin: AdminDep, runtime: RuntimeDep
 ) -> TenantOut:
     """Rename a tenant or set its limits. Limits take effect on the tenant's next request:
     runs already admitted keep their reservations."""
@@ -86,7 +88,7 @@ def patch_tenant(
 
 @router.post("/{tenant_id}/api-keys", status_code=201, response_model=ApiKeyOut)
 def create_api_key(
-    tenant_id: str, _admin: AdminDep, runtime: RuntimeDep, body: ApiKeyCreate | None = None
+    tenant_id: TenantId, _admin: AdminDep, runtime: RuntimeDep, body: ApiKeyCreate | None = None
 ) -> ApiKeyOut:
     """Issue an API key for a tenant. The key appears only in this response."""
     key = generate_key()
@@ -112,7 +114,7 @@ def create_api_key(
 
 
 @router.get("/{tenant_id}/api-keys", response_model=list[ApiKeyInfo])
-def list_api_keys(tenant_id: str, _admin: AdminDep, runtime: RuntimeDep) -> list[ApiKeyInfo]:
+def list_api_keys(tenant_id: TenantId, _admin: AdminDep, runtime: RuntimeDep) -> list[ApiKeyInfo]:
     """A tenant's keys: prefixes and dates only (the keys themselves are not stored)."""
     with runtime.db.session() as session:
         if session.get(Tenant, tenant_id) is None:
@@ -124,7 +126,9 @@ def list_api_keys(tenant_id: str, _admin: AdminDep, runtime: RuntimeDep) -> list
 
 
 @router.delete("/{tenant_id}/api-keys/{key_id}", status_code=204)
-def revoke_api_key(tenant_id: str, key_id: str, _admin: AdminDep, runtime: RuntimeDep) -> Response:
+def revoke_api_key(
+    tenant_id: TenantId, key_id: KeyId, _admin: AdminDep, runtime: RuntimeDep
+) -> Response:
     """Revoke a key: every later request with it answers 401. Revoking twice is harmless."""
     with runtime.db.session() as session:
         row = session.scalars(

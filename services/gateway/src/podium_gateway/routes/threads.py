@@ -11,7 +11,14 @@ from podium.lifecycle import threads as thread_lifecycle
 from podium.store import Thread, ThreadEvent, tenant_session
 from podium_gateway.auth import RuntimeDep, TenantDep
 from podium_gateway.errors import API_ERRORS, not_found
-from podium_gateway.schemas import MessageOut, MessagePage, ThreadCreate, ThreadOut
+from podium_gateway.schemas import (
+    MAX_SEQ,
+    MessageOut,
+    MessagePage,
+    ThreadCreate,
+    ThreadId,
+    ThreadOut,
+)
 
 router = APIRouter(prefix="/v1/threads", tags=["threads"], responses=API_ERRORS)
 
@@ -40,7 +47,7 @@ def create_thread(
 
 
 @router.get("/{thread_id}", response_model=ThreadOut)
-def get_thread(thread_id: str, principal: TenantDep, runtime: RuntimeDep) -> ThreadOut:
+def get_thread(thread_id: ThreadId, principal: TenantDep, runtime: RuntimeDep) -> ThreadOut:
     with tenant_session(runtime.db, principal.tenant_id) as session:
         thread = session.scalars(select(Thread).where(Thread.id == thread_id)).one_or_none()
         if thread is None:
@@ -50,10 +57,12 @@ def get_thread(thread_id: str, principal: TenantDep, runtime: RuntimeDep) -> Thr
 
 @router.get("/{thread_id}/messages", response_model=MessagePage)
 def list_messages(
-    thread_id: str,
+    thread_id: ThreadId,
     principal: TenantDep,
     runtime: RuntimeDep,
-    after: Annotated[int, Query(ge=0, description="Return events with seq greater than this.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Return events with seq greater than this.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> MessagePage:
     """The thread's event log, oldest first."""
