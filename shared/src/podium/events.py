@@ -70,6 +70,8 @@ class RedisEventStream:
         self._client = redis.Redis(connection_pool=self._pool)
         self._url = settings.redis_url
         self._aclients: dict[int, aioredis.Redis] = {}
+        # Stream key -> when this process last set its TTL (monotonic).
+        self._ttl_set: dict[str, float] = {}
 
     def key(self, run_id: str) -> str:
         return f"{self._prefix}podium:run:{run_id}:events"
@@ -77,11 +79,29 @@ class RedisEventStream:
     def publish(self, run_id: str, type_: str, data: dict[str, Any]) -> str:
         key = self.key(run_id)
         fields = {"type": type_, "data": json.dumps(data, default=str)}
+        if not self._needs_ttl(key, type_):
+            # Most events (token deltas above all): one command.
+            added = self._client.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+            return added.decode() if isinstance(added, bytes) else str(added)
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
         pipe.expire(key, self._retention)
         event_id, _ = pipe.execute()
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    def _needs_ttl(self, key: str, type_: str) -> bool:
+        """The stream's TTL is set by a process's first event on it, refreshed at half its
+        life, and set again by the run's terminal event, so a stream stays replayable for
+        ``event_retention_s`` after the run ends without an EXPIRE per event."""
+        now = time.monotonic()
+        if type_ not in TERMINAL_EVENT_TYPES:
+            since = self._ttl_set.get(key)
+            if since is not None and now - since < self._retention / 2:
+                return False
+        if len(self._ttl_set) > 50_000:
+            self._ttl_set.clear()
+        self._ttl_set[key] = now
+        return True
 
     def _aclient(self) -> aioredis.Redis:
         # One async client per event loop: connections cannot cross loops.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,6 @@ from podium_agent_worker.tools.search_impl import search_events
 
 log = logging.getLogger(__name__)
 
-CANCEL_CHECK_S = 0.25
 MIN_TURN_TOKENS = 16
 BUDGET_STOP_MESSAGE = "I stopped here: this run's token budget is used up."
 
@@ -105,13 +103,8 @@ class AgentLoop:
         chain = provider_chain(
             self.settings, params.get("provider"), self.settings.fallback_providers
         )
-        last_check = [time.monotonic()]
 
         def should_stop() -> bool:
-            now = time.monotonic()
-            if now - last_check[0] < CANCEL_CHECK_S:
-                return False
-            last_check[0] = now
             return self.stopped(call)
 
         def on_flush() -> None:

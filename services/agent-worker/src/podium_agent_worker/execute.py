@@ -48,10 +48,11 @@ from podium.metrics import (
 )
 from podium.pricing import PriceTable
 from podium.runtime import Runtime
-from podium.store import TERMINAL_CALL_STATUSES, AgentCall, CallStatus, Run
+from podium.store import TERMINAL_CALL_STATUSES, AgentCall, CallStatus
 from podium_agent_worker.agent_loop import AgentLoop, CallCancelled, Outcome
 from podium_agent_worker.call_context import CallContext, load_context
 from podium_agent_worker.leases import LeaseHolder
+from podium_agent_worker.stop_watch import StopWatch
 from podium_agent_worker.tools import default_registry
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Executor:
         self.runtime = runtime
         self.settings = runtime.settings
         self.leases = LeaseHolder(runtime)
+        self.stop_watch = StopWatch(runtime)
         self.loop = AgentLoop(
             runtime,
             default_registry(),
@@ -82,6 +84,7 @@ class Executor:
         if not self._claim(message):
             self._free_slot_if_finished(message)
             return None
+        self.stop_watch.watch(message.call_id)
         try:
             # Claimed and leased: from here the call is this worker's, so a store outage is
             # waited out rather than giving the call up to a takeover.
@@ -90,6 +93,7 @@ class Executor:
             )
             status = self._execute(claimed, context)
         finally:
+            self.stop_watch.forget(message.call_id)
             self.leases.drop(message.call_id)
         # Not on an exception: a call requeued at shutdown or retried keeps its slot.
         call_queue.complete(
@@ -151,20 +155,7 @@ class Executor:
 
     # --- cancellation -------------------------------------------------------------------------
     def _stopped(self, call: CallView) -> bool:
-        try:
-            with self.runtime.db.read() as session:
-                row = session.execute(
-                    select(AgentCall.status, Run.cancel_requested)
-                    .join(Run, Run.id == AgentCall.run_id)
-                    .where(AgentCall.id == call.id)
-                ).first()
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            # The store is down: keep going; the commit waits for it (see _commit).
-            log.debug("cancel check of call %s skipped: %s", call.id, exc)
-            return False
-        return row is None or row[0] != CallStatus.RUNNING or bool(row[1])
+        return self.stop_watch.stopped(call.id)
 
     # --- run, then commit once ----------------------------------------------------------------
     def _load(self, call_id: str) -> tuple[ClaimedCall, CallContext]:
