@@ -36,10 +36,11 @@ from bench.harness import BASELINE_REDIS_URL, RABBITMQ_URL, BenchSession, log
 PODIUM_DEFAULT_CONCURRENCY = 64
 
 
-def make_app(broker_url: str, prefix: str, concurrency: int) -> Any:
+def bare_app(name: str, broker_url: str, prefix: str, concurrency: int) -> Any:
+    """A Celery app with no Podium code and Podium's reliability settings."""
     from celery import Celery
 
-    app = Celery("bare", broker=broker_url, set_as_current=False)
+    app = Celery(name, broker=broker_url, set_as_current=False)
     transport: dict[str, Any] = {}
     if broker_url.startswith("redis"):
         transport = {
@@ -63,6 +64,11 @@ def make_app(broker_url: str, prefix: str, concurrency: int) -> Any:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
+    return app
+
+
+def make_app(broker_url: str, prefix: str, concurrency: int) -> Any:
+    app = bare_app("bare", broker_url, prefix, concurrency)
     state: dict[str, Any] = {"done": [], "lock": threading.Lock(), "redis": None}
 
     def reply_client() -> redis.Redis:

@@ -49,9 +49,12 @@ from bench.harness import (
 
 NAME = "cost"
 TITLE = "(d) Cost model: Redis commands and SQL statements per run"
-# Celery messages of one direct run: advance (start), execute the call, advance (call
-# finished), run.completed to the learner.
-MESSAGES_PER_RUN = 4
+# Celery messages of one direct run when none were counted: advance (start), execute the
+# call, run.completed to the learner (the call's commit ends a direct run).
+MESSAGES_PER_RUN = 3
+TARGET_STATEMENTS = 30
+TARGET_TRANSACTIONS = 8
+TARGET_MESSAGES = 3
 CONCURRENCY = 8
 
 
@@ -59,6 +62,18 @@ def hook_env(directory: Path) -> dict[str, str]:
     return {
         "BENCH_COUNTERS_DIR": str(directory),
         "PYTHONPATH": harness.podium_pythonpath([str(HOOKS_DIR)]),
+    }
+
+
+def _empty() -> dict[str, Any]:
+    """One process's counters, all zero."""
+    return {
+        "sql": Counter(),
+        "transactions": Counter(),
+        "redis": Counter(),
+        "messages": Counter(),
+        "round_trips": 0,
+        "cpu_ms": 0.0,
     }
 
 
@@ -70,14 +85,13 @@ def read_counters(directory: Path) -> dict[str, dict[str, Any]]:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        entry = out.setdefault(
-            data["service"],
-            {"sql": Counter(), "transactions": Counter(), "redis": Counter(), "round_trips": 0},
-        )
+        entry = out.setdefault(data["service"], _empty())
         entry["sql"].update(data["sql"])
         entry["transactions"].update(data["transactions"])
         entry["redis"].update(data["redis"])
         entry["round_trips"] += data["redis_round_trips"]
+        entry["messages"].update(data.get("messages", {}))
+        entry["cpu_ms"] += float(data.get("cpu_s", 0.0)) * 1000
     return out
 
 
@@ -155,18 +169,15 @@ def hook_deltas(
 ) -> dict[str, dict[str, Counter[str]]]:
     out: dict[str, dict[str, Counter[str]]] = {}
     for service in set(a) | set(b):
-        empty: dict[str, Any] = {
-            "sql": Counter(),
-            "transactions": Counter(),
-            "redis": Counter(),
-            "round_trips": 0,
-        }
-        x, y = a.get(service, empty), b.get(service, empty)
+        x, y = a.get(service, _empty()), b.get(service, _empty())
         out[service] = {
             "sql": _delta(y["sql"], x["sql"]),
             "transactions": _delta(y["transactions"], x["transactions"]),
             "redis": _delta(y["redis"], x["redis"]),
+            "messages": _delta(y["messages"], x["messages"]),
             "round_trips": Counter({"round_trips": y["round_trips"] - x["round_trips"]}),
+            # Counter values are ints elsewhere; CPU is kept in ms, rounded.
+            "cpu_ms": Counter({"cpu_ms": round(y["cpu_ms"] - x["cpu_ms"])}),
         }
     return out
 
@@ -177,12 +188,14 @@ def cost_table(
     idle_s, load_s = s1.t - s0.t, s2.t - s1.t
     idle, load = hook_deltas(s0.hooks, s1.hooks), hook_deltas(s1.hooks, s2.hooks)
     services: dict[str, Any] = {}
-    totals: dict[str, float] = {"sql": 0.0, "transactions": 0.0, "redis": 0.0, "round_trips": 0.0}
+    kinds = ("sql", "transactions", "redis", "messages", "round_trips", "cpu_ms")
+    totals: dict[str, float] = dict.fromkeys(kinds, 0.0)
     by_sql: Counter[str] = Counter()
     by_redis: Counter[str] = Counter()
+    by_message: Counter[str] = Counter()
     for service in sorted(load):
         entry: dict[str, Any] = {}
-        for kind in ("sql", "transactions", "redis", "round_trips"):
+        for kind in kinds:
             empty: Counter[str] = Counter()
             table = per_run(
                 (idle.get(service, {}).get(kind, empty), idle_s),
@@ -195,11 +208,13 @@ def cost_table(
             totals[kind] += total
         by_sql.update(entry["sql"])
         by_redis.update(entry["redis"])
+        by_message.update(entry["messages"])
         services[service] = entry
     result: dict[str, Any] = {
         "per_run_totals": {k: round(v, 1) for k, v in totals.items()},
         "sql_by_statement": {k: round(v, 2) for k, v in by_sql.most_common() if v},
         "redis_by_command": {k: round(v, 2) for k, v in by_redis.most_common() if v},
+        "messages_by_task": {k: round(v, 2) for k, v in by_message.most_common() if v},
         "by_service": services,
         "idle_window_s": round(idle_s, 1),
         "load_window_s": round(load_s, 1),
@@ -334,19 +349,37 @@ def run(session: BenchSession, mode: Mode, baselines: Baselines) -> dict[str, An
     log(f"(d) bare Celery: {bare['redis_per_task']} Redis commands per task")
     pg = postgresql(session, n, idle_s)
     lite = sqlite(session, n, idle_s)
-    podium_redis = pg["per_run_totals"]["redis"]
+    totals = pg["per_run_totals"]
+    podium_redis = totals["redis"]
+    messages = totals["messages"] or MESSAGES_PER_RUN
     ratios = {
         "redis_commands_per_run_vs_bare_x_messages": ratio(
-            podium_redis, bare["redis_per_task"] * MESSAGES_PER_RUN
+            podium_redis, bare["redis_per_task"] * messages
         ),
         "redis_round_trips_per_run_vs_bare_x_messages": ratio(
-            pg["per_run_totals"]["round_trips"], bare["round_trips_per_task"] * MESSAGES_PER_RUN
+            totals["round_trips"], bare["round_trips_per_task"] * messages
         ),
     }
+    targets = [
+        harness.target(
+            "SQL statements per direct run, all processes (postgresql)",
+            totals["sql"],
+            "<=",
+            TARGET_STATEMENTS,
+        ),
+        harness.target(
+            "transactions per direct run, all processes (postgresql)",
+            totals["transactions"],
+            "<=",
+            TARGET_TRANSACTIONS,
+        ),
+        harness.target("broker messages per direct run", totals["messages"], "<=", TARGET_MESSAGES),
+    ]
     log(
         f"(d) per run: {podium_redis} Redis commands, "
         f"{pg['per_run_totals']['sql']} SQL statements, "
-        f"{pg['per_run_totals']['transactions']} transactions (postgresql); "
+        f"{pg['per_run_totals']['transactions']} transactions, "
+        f"{pg['per_run_totals']['messages']} broker messages (postgresql); "
         f"{lite['per_run_totals']['sql']} SQL statements (sqlite)"
     )
     return harness.scenario_result(
@@ -363,7 +396,7 @@ def run(session: BenchSession, mode: Mode, baselines: Baselines) -> dict[str, An
         baseline={"bare_celery_redis": bare},
         figures={"postgresql": pg, "sqlite": lite},
         ratios=ratios,
-        targets=[],
+        targets=targets,
         notes=notes,
         started=started,
     )

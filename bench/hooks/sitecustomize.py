@@ -5,6 +5,7 @@ nothing unless ``BENCH_COUNTERS_DIR`` is set.
 
 - SQL: SQLAlchemy's ``before_cursor_execute`` on every Engine (one count per statement sent,
   an executemany counting once), keyed "VERB table"; transactions by ``commit``/``rollback``.
+- broker messages: Celery's ``before_task_publish``, by task name; CPU: ``process_time``.
 - Redis: redis-py's ``send_command`` (one command, one round trip) and ``pack_commands``
   (a pipeline: each command counted, one round trip), sync and asyncio clients, so
   kombu's BRPOP and acks, event streams, leases and Lua scripts are all seen.
@@ -20,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -35,6 +37,7 @@ _sql: Counter[str] = Counter()
 _tx: Counter[str] = Counter()
 _redis: Counter[str] = Counter()
 _round_trips = [0]
+_messages: Counter[str] = Counter()
 
 
 def service_name() -> str:
@@ -71,6 +74,9 @@ def snapshot() -> dict[str, Any]:
             "transactions": dict(_tx),
             "redis": dict(_redis),
             "redis_round_trips": _round_trips[0],
+            "messages": dict(_messages),
+            # CPU of every thread of this process (user + system), for CPU per run.
+            "cpu_s": time.process_time(),
         }
 
 
@@ -145,6 +151,21 @@ def install_redis() -> None:
     abase.pack_commands = counted_apack  # type: ignore[method-assign]
 
 
+def install_messages() -> None:
+    """Broker messages this process publishes, by task name (Celery's own signal, so Redis
+    and RabbitMQ are counted alike)."""
+    try:
+        from celery import signals
+    except ImportError:
+        return
+
+    def on_publish(sender: Any = None, **_: Any) -> None:
+        with _lock:
+            _messages[str(sender)] += 1
+
+    signals.before_task_publish.connect(on_publish, weak=False)
+
+
 def _dump(directory: str) -> None:
     import json
 
@@ -162,6 +183,7 @@ def install(directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     install_sql()
     install_redis()
+    install_messages()
     stop = threading.Event()
 
     def loop() -> None:

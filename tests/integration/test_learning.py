@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from podium.client import PodiumAPIError
 from podium.messages import RunCompleted
+from podium_learner.postmortem import review_sampled
 from tests.support.inspect import finished
 
 REVIEW_PROMPT = "Please review our retry policy: 3 attempts, no jitter."
@@ -40,6 +41,9 @@ def test_postmortem_has_facts_and_a_structured_review(make_tenant):
     t = make_tenant()
     thread = t.client.create_thread()
     run = finished(t.client, thread["id"], REVIEW_PROMPT)
+    # Whether or not the run was sampled for a review, a poor rating asks for one.
+    rated = t.client.http.post(f"/v1/runs/{run['id']}/feedback", json={"rating": 1})
+    assert rated.status_code == 201, rated.text
     pm = _wait(
         lambda: (t.client.orchestration(run["id"])["postmortem"] or {}).get("review"),
         message="review",
@@ -52,6 +56,35 @@ def test_postmortem_has_facts_and_a_structured_review(make_tenant):
     decision = run["orchestration"]["decisions"][0]
     assert decision["dimensions"]["request_class"] == "review"
     assert decision["dimensions"]["class_source"] == "rules"
+
+
+def test_reviews_are_sampled_and_failed_runs_always_reviewed(make_tenant):
+    """Every run gets its factual post-mortem; the LLM review goes to the sampled share of
+    completed runs (10 % by default, chosen by run id) and to every failed run."""
+    t = make_tenant()
+    thread = t.client.create_thread()
+    completed = [finished(t.client, thread["id"], f"What is item {i}?") for i in range(4)]
+    failed = finished(t.client, thread["id"], "boom [sim error=bad_request]")
+    assert failed["status"] == "failed"
+    assert all(r["status"] == "completed" for r in completed)
+    sampled = {r["id"]: review_sampled(r["id"], "completed", 0.1) for r in completed}
+    assert not all(sampled.values())  # 1 in 10,000 run ids would make this test pointless
+
+    def postmortem(run_id):
+        return t.client.orchestration(run_id)["postmortem"]
+
+    review = _wait(lambda: (postmortem(failed["id"]) or {}).get("review"), message="review")
+    assert review.get("lessons") is not None, review
+    assert postmortem(failed["id"])["facts"]["status"] == "failed"
+    for run_id, chosen in sampled.items():
+        pm = _wait(lambda run_id=run_id: postmortem(run_id), message="post-mortem")
+        assert pm["facts"]["status"] == "completed" and pm["facts"]["agent_calls"] == 1
+        if chosen:
+            _wait(lambda run_id=run_id: postmortem(run_id)["review"], message="sampled review")
+    # The failed run's review came after the others' facts: no review is on its way.
+    time.sleep(0.5)
+    for run_id, chosen in sampled.items():
+        assert (postmortem(run_id)["review"] is not None) == chosen, run_id
 
 
 def test_feedback_is_idempotent_per_run_key_and_message(make_tenant, store):

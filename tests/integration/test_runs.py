@@ -100,6 +100,28 @@ def test_thread_then_run_to_completion(make_tenant, store):
     assert call.status == "succeeded"
     assert call.latency_ms > 0
     assert call.output_tokens > 0
+    # A direct run's call ends the run in its own commit: three messages in all (the run's
+    # start, its call, the learner's notice); the orchestrator is not woken to say "done".
+    with store.connect() as conn:
+        sent = conn.execute(
+            text(
+                "SELECT task, payload FROM outbox WHERE payload::text LIKE :r ORDER BY created_at"
+            ),
+            {"r": f"%{accepted['id']}%"},
+        ).all()
+        context = conn.execute(
+            text("SELECT outcome FROM orchestration_contexts WHERE run_id = :r"),
+            {"r": accepted["id"]},
+        ).scalar_one()
+    assert [(task, payload.get("reason")) for task, payload in sent] == [
+        ("podium.orchestrator.advance_run", "run.created"),
+        ("podium.fair_dispatch.submit_call", None),
+        ("podium.learner.run_completed", None),
+    ]
+    assert decision["outcome"] == {"status": "completed", "agent_calls": 1}
+    assert context == {"status": "completed", "error": None, "note": None, "guards": []}
+    events = [e.event for e in t.client.events(accepted["id"])]
+    assert events[-2:] == ["agent_call.completed", "run.completed"], events
 
 
 def test_agent_selection_mention_then_last_agent(make_tenant):

@@ -46,6 +46,10 @@ def real_stack(
         PODIUM_ORCHESTRATOR_TOOL_CHOICE="choose_pattern",
         PODIUM_ORCHESTRATOR_MAX_OUTPUT_TOKENS="300",
         PODIUM_ORCHESTRATOR_TIMEOUT_S="120",
+        # A decision by the CPU-bound model takes 30-40 s here: longer than the reaper's
+        # default stall (30 s), after which it would step the still-queued run a second time
+        # (a duplicate decision, recorded as superseded). This test is about the model.
+        PODIUM_REAPER_STALL_S="300",
         PODIUM_PATTERNS_FILE=str(FIXTURES / "patterns_single_agent.yaml"),
         PODIUM_WORKER_CONCURRENCY="2",
     )

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     policy_threshold: float = Field(default=0.35, gt=0, lt=1)
     # Post-mortem reviews by an LLM (provider/model default to PODIUM_LLM_PROVIDER / _MODEL).
     review_enabled: bool = True
+    # The share of completed runs that get a review (chosen by run id); failed and cancelled
+    # runs, and runs rated poorly, are always reviewed.
+    review_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    # The learner writes the post-mortems its consumer threads hold in one transaction,
+    # waiting at most this long after the first for more to gather.
+    learner_batch_wait_s: float = Field(default=0.05, ge=0, le=5)
     # Orchestration contexts are kept retention_days; those with feedback or failures are
     # archived and kept archive_days. The job runs every retention_interval_s (Celery beat).
     retention_days: float = Field(default=30.0, gt=0)
@@ -99,7 +105,8 @@ class Settings(BaseSettings):
     agents_pool: str = "default"
     worker_concurrency: int = Field(default=64, ge=1)
     orchestrator_concurrency: int = Field(default=8, ge=1)
-    learner_concurrency: int = Field(default=4, ge=1)
+    # Learner consumer threads: also the largest post-mortem batch.
+    learner_concurrency: int = Field(default=16, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
 

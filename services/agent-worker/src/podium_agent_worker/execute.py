@@ -29,7 +29,8 @@ from podium import call_queue
 from podium.consumers import is_outage
 from podium.lifecycle import CallView
 from podium.lifecycle import calls as call_lifecycle
-from podium.lifecycle.calls import CallResult, ClaimedCall
+from podium.lifecycle.calls import CallResult, ClaimedCall, Committed
+from podium.lifecycle.finish import EndedByCall
 from podium.llm import ProviderError
 from podium.llm.resilience import AllProvidersFailed, RetryPolicy
 from podium.messages import ExecuteAgentCall
@@ -40,6 +41,8 @@ from podium.metrics import (
     AGENT_MODEL_CALLS,
     AGENT_TOKENS,
     AGENT_TTFT,
+    RUN_DURATION,
+    RUNS_FINISHED,
     TENANT_COST,
     TENANT_TOKENS,
     agent_label,
@@ -227,7 +230,8 @@ class Executor:
             used=outcome.used,
         )
         answer = None if outcome.control else outcome.content
-        if not self._commit(call, result, answer):
+        committed = self._commit(call, result, answer)
+        if committed is None:
             return CallStatus.SUCCEEDED
         provider = outcome.provider or primary
         self._publish(
@@ -260,9 +264,23 @@ class Executor:
         TENANT_TOKENS.labels(tenant, "input").inc(outcome.input_tokens)
         TENANT_TOKENS.labels(tenant, "output").inc(outcome.output_tokens)
         TENANT_COST.labels(tenant).inc(outcome.cost_usd)
+        if committed.ended is not None:
+            self._run_ended(call, committed.ended)
         return CallStatus.SUCCEEDED
 
-    def _commit(self, call: CallView, result: CallResult, answer: str | None) -> bool:
+    def _run_ended(self, call: CallView, ended: EndedByCall) -> None:
+        """The run this call's commit ended: its end event after the call's, and counted as
+        the orchestrator counts the runs it ends."""
+        for type_, data in ended.events:
+            try:
+                self.runtime.events.publish(call.run_id, type_, {"run_id": call.run_id, **data})
+            except Exception as exc:  # the store is the truth; the stream is a view
+                log.warning("event publish failed for run %s: %s", call.run_id, exc)
+        pattern = ended.pattern or "none"
+        RUNS_FINISHED.labels(ended.status.value, pattern).inc()
+        RUN_DURATION.labels(pattern).observe(ended.duration_s)
+
+    def _commit(self, call: CallView, result: CallResult, answer: str | None) -> Committed | None:
         """Commit the outcome once. A store outage is waited out rather than thrown away:
         redoing the call would spend on the provider again for a result already in hand."""
         return self._patiently(

@@ -6,11 +6,15 @@ redelivered or replayed event cannot count twice."""
 from __future__ import annotations
 
 import json
+import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, case, cast, delete, func, select
+from sqlalchemy import String, case, cast, delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from podium.decisions import Decision, DecisionSource
@@ -23,45 +27,106 @@ from podium.store import (
     OrchestrationDecision,
     Run,
     RunOutcome,
+    utcnow,
 )
 
 
-def upsert_outcome(session: Session, run: Run) -> RunOutcome:
-    """The run's outcome row, created or refreshed from the store (idempotent)."""
-    outcome = session.get(RunOutcome, run.id)
-    agents = sorted(
-        {a for (a,) in session.execute(select(AgentCall.agent).where(AgentCall.run_id == run.id))}
-    )
-    count, mean = session.execute(
-        select(func.count(Feedback.id), func.avg(Feedback.rating)).where(Feedback.run_id == run.id)
-    ).one()
-    policy = session.scalars(
-        select(OrchestrationDecision).where(
-            OrchestrationDecision.run_id == run.id,
+def refresh_outcomes(
+    session: Session, run_ids: Sequence[str], *, is_postgres: bool
+) -> dict[str, dict[str, Any]]:
+    """Create or refresh the outcome rows of ``run_ids`` from the store, then recompute the
+    statistics of every tenant x class they belong to (idempotent). Returns the outcomes
+    written, by run id (runs not found are left out).
+
+    A few statements for the whole batch: the runs, their agents, ratings and policy
+    decisions are read with one query each, the outcomes written with one upsert, and each
+    tenant x class recomputed once. Concurrent refreshes of one tenant x class are
+    serialised (advisory locks on PostgreSQL, taken in one order; SQLite has one writer)."""
+    if not run_ids:
+        return {}
+    ids = sorted(set(run_ids))
+    runs = session.execute(
+        select(
+            Run.id,
+            Run.tenant_id,
+            Run.request_class,
+            Run.input,
+            Run.pattern,
+            Run.status,
+            Run.cost_usd,
+            Run.created_at,
+            Run.finished_at,
+        ).where(Run.id.in_(ids))
+    ).all()
+    if not runs:
+        return {}
+    classes = {r.id: r.request_class or classify(r.input) for r in runs}
+    groups = sorted({(r.tenant_id, classes[r.id]) for r in runs})
+    if is_postgres:
+        for tenant_id, request_class in groups:
+            key = zlib.crc32(f"{tenant_id}:{request_class}".encode())
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    agents: dict[str, set[str]] = defaultdict(set)
+    for run_id, agent in session.execute(
+        select(AgentCall.run_id, AgentCall.agent).where(AgentCall.run_id.in_(ids))
+    ):
+        agents[run_id].add(agent)
+    ratings = {
+        run_id: (int(count or 0), float(mean) if mean is not None else None)
+        for run_id, count, mean in session.execute(
+            select(Feedback.run_id, func.count(Feedback.id), func.avg(Feedback.rating))
+            .where(Feedback.run_id.in_(ids))
+            .group_by(Feedback.run_id)
+        )
+    }
+    overruled: dict[str, str | None] = {}
+    for row in session.execute(
+        select(OrchestrationDecision.__table__)
+        .where(
+            OrchestrationDecision.run_id.in_(ids),
             OrchestrationDecision.source == DecisionSource.POLICY.value,
         )
-    ).first()
-    latency = (run.finished_at - run.created_at).total_seconds() * 1000 if run.finished_at else 0.0
-    values: dict[str, Any] = {
-        "request_class": run.request_class or classify(run.input),
-        "pattern": run.pattern or DEFAULT_PATTERN,
-        "agents": agents,
-        "status": run.status,
-        "feedback_count": int(count or 0),
-        "mean_rating": float(mean) if mean is not None else None,
-        "cost_usd": float(run.cost_usd or 0.0),
-        "latency_ms": latency,
-        "overruled_from": Decision.from_row(policy).dimensions.overruled if policy else None,
+        .order_by(OrchestrationDecision.seq)
+    ):
+        overruled.setdefault(row.run_id, Decision.from_row(row).dimensions.overruled)
+    rows = []
+    for run in runs:
+        count, mean = ratings.get(run.id, (0, None))
+        latency = (
+            (run.finished_at - run.created_at).total_seconds() * 1000 if run.finished_at else 0.0
+        )
+        rows.append(
+            {
+                "run_id": run.id,
+                "tenant_id": run.tenant_id,
+                "request_class": classes[run.id],
+                "pattern": run.pattern or DEFAULT_PATTERN,
+                "agents": sorted(agents.get(run.id, ())),
+                "status": run.status,
+                "feedback_count": count,
+                "mean_rating": mean,
+                "cost_usd": float(run.cost_usd or 0.0),
+                "latency_ms": latency,
+                "overruled_from": overruled.get(run.id),
+                "good": is_good(run.status, mean),
+            }
+        )
+    upsert = dialect_insert(is_postgres)(RunOutcome)
+    refreshed: dict[str, Any] = {
+        k: upsert.excluded[k] for k in rows[0] if k not in ("run_id", "tenant_id")
     }
-    values["good"] = is_good(run.status, values["mean_rating"])
-    if outcome is None:
-        outcome = RunOutcome(run_id=run.id, tenant_id=run.tenant_id, **values)
-        session.add(outcome)
-    else:
-        for key, value in values.items():
-            setattr(outcome, key, value)
-    session.flush()
-    return outcome
+    refreshed["updated_at"] = utcnow()
+    session.execute(
+        upsert.on_conflict_do_update(index_elements=[RunOutcome.run_id], set_=refreshed), rows
+    )
+    for tenant_id, request_class in groups:
+        recompute_stats(session, tenant_id, request_class)
+    return {row["run_id"]: row for row in rows}
+
+
+def dialect_insert(is_postgres: bool) -> Any:
+    """The backend's INSERT, which knows ON CONFLICT (both spell it the same way)."""
+    return postgresql_insert if is_postgres else sqlite_insert
 
 
 @dataclass

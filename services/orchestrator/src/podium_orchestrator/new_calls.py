@@ -101,6 +101,7 @@ def new_call(
         depth=action.depth,
         parent_call_id=action.parent_call_id,
         sub_thread=sub_thread,
+        ends_run=action.ends_run,
     )
     return call, markers
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from podium.events import call_lost_error
+from podium.lifecycle.finish import EndedByCall, end_with_call
 from podium.lifecycle.snapshot import CallView
 from podium.lifecycle.threads import append_event
 from podium.lifecycle.tx import owned_transaction
@@ -312,10 +313,23 @@ class CallResult:
         return values
 
 
-def commit(runtime: Runtime, call: CallView, result: CallResult, answer: str | None) -> bool:
-    """Commit the call's outcome once (``running ->`` its end). False if it was not running
+@dataclass(frozen=True)
+class Committed:
+    """A call's outcome, committed; with its run's end when the commit ended the run."""
+
+    ended: EndedByCall | None = None
+
+
+def commit(
+    runtime: Runtime, call: CallView, result: CallResult, answer: str | None
+) -> Committed | None:
+    """Commit the call's outcome once (``running ->`` its end). None if it was not running
     any more (cancelled meanwhile, or another delivery committed first). The answer becomes
-    the agent's message in the call's thread, once (deduplicated by the call's id)."""
+    the agent's message in the call's thread, once (deduplicated by the call's id).
+
+    A call marked ``ends_run`` that succeeded ends its run in the same transaction when
+    nothing else is left to decide (``end_with_call``); every other commit wakes the
+    orchestrator for the run's next step."""
     with owned_transaction(runtime) as tx:
         session = tx.session.connection()
         won = session.execute(
@@ -324,7 +338,7 @@ def commit(runtime: Runtime, call: CallView, result: CallResult, answer: str | N
             .values(finished_at=utcnow(), **result.columns())
         ).rowcount
         if not won:
-            return False
+            return None
         if answer:
             event_id, _ = append_event(
                 session,
@@ -344,8 +358,12 @@ def commit(runtime: Runtime, call: CallView, result: CallResult, answer: str | N
             session.execute(
                 update(Thread).where(Thread.id == call.thread_id).values(last_agent=call.agent)
             )
+        if call.ends_run and result.status == CallStatus.SUCCEEDED and not result.control:
+            ended = end_with_call(runtime, tx, call, result.output or "")
+            if ended is not None:
+                return Committed(ended)
         tx.send(AdvanceRun(run_id=call.run_id, reason="call.finished", call_id=call.id))
-        return True
+        return Committed()
 
 
 # --- repair (the reaper) ------------------------------------------------------------------------
@@ -386,6 +404,7 @@ __all__ = [
     "CallResult",
     "CallState",
     "ClaimedCall",
+    "Committed",
     "append_summary",
     "cancel_open",
     "claim",

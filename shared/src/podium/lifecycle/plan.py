@@ -52,6 +52,8 @@ class NewCall:
     depth: int = 0
     parent_call_id: str | None = None
     sub_thread: SubThread | None = None
+    # Its success is the run's answer: its worker ends the run (``agent_calls.ends_run``).
+    ends_run: bool = False
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ class CallView:
     output_tokens: int
     cost_usd: float
     created_at: datetime
+    # Its success ends the run (``agent_calls.ends_run``).
+    ends_run: bool = False
 
     @property
     def finished(self) -> bool:
@@ -137,6 +139,7 @@ class CallView:
             output_tokens=row.output_tokens,
             cost_usd=row.cost_usd,
             created_at=row.created_at,
+            ends_run=bool(row.ends_run),
         )
 
 

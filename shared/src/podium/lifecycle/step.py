@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from podium.decisions import Decision, DecisionOutcome
-from podium.lifecycle.finish import finish
+from podium.lifecycle.finish import RunRef, finish
 from podium.lifecycle.plan import NewCall, StepPlan
 from podium.lifecycle.run_state import TERMINAL
 from podium.lifecycle.threads import append_event, open_sub_thread
@@ -123,7 +123,8 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     tokens_used = _update_context(session, plan, context_id, cursor, run_outcome)
     finished, duration = None, None
     if plan.end is not None:
-        finish(runtime, tx, plan, plan.end, tokens_used)
+        run = RunRef(plan.run_id, plan.tenant_id, plan.thread_id)
+        finish(runtime, tx, run, plan.end, tokens_used, plan.emit)
         finished = plan.end.status
         duration = (utcnow() - created_at).total_seconds()
     return StepApplied(True, finished=finished, duration_s=duration)
@@ -239,6 +240,7 @@ def _call_row(plan: StepPlan, call: NewCall, until_seq: int) -> dict[str, Any]:
         "context_mode": call.context_mode,
         "params": call.params,
         "context_until_seq": until_seq,
+        "ends_run": call.ends_run,
         "attempts": 0,
         "cost_usd": 0.0,
         "tool_steps": 0,

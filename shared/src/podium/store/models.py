@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -279,6 +280,9 @@ class AgentCall(TenantOwned, Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     message_event_id: Mapped[str | None] = mapped_column(String(32))
+    # The call's success is its run's answer, with nothing left to decide (a ``direct``
+    # run): its worker ends the run in the call's commit instead of waking the orchestrator.
+    ends_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # What the call actually ran with: {"model", "temperature", "max_output_tokens", "tools"}
     # of its first LLM request (the decided parameters are in ``params``).
     used: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -68,6 +68,11 @@ class Dispatch:
     depth: int = 0
     # Work in this existing thread (a continuation in its sub-thread); default: the run's.
     thread_id: str | None = None
+    # This call's success, without handing control back, is the run's answer as it stands
+    # (what ``Complete(call.output)`` would say next): its worker ends the run in the same
+    # transaction as the call, and the orchestrator is not woken. Anything else (a failure,
+    # a cancellation, a deadline passed, a handed-back call) still wakes the orchestrator.
+    ends_run: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class DirectPattern:
 
     def next_actions(self, view: RunView) -> list[Action]:
         if not view.calls:
-            return [Dispatch(view.agent, control_tools=self.control_tools)]
+            return [Dispatch(view.agent, control_tools=self.control_tools, ends_run=True)]
         call = view.calls[-1]
         if call.in_flight:
             return [Wait()]
