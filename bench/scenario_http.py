@@ -35,9 +35,10 @@ NAME = "http"
 TITLE = "(c) End to end over HTTP (direct runs, zero-latency simulated LLM)"
 CONCURRENCY = 16
 RUN_TASKS = 3
-TARGET_ADMISSION = 400.0
+# Admission with the gateway alone, against bare Celery's publish rate from one client.
+TARGET_ADMISSION_X = 0.25
 TARGET_POST_P99_MS = 50.0
-TARGET_COMPLETED = 100.0
+# Completed runs/s are held against the floor, in scenario (f).
 
 
 def admission(load: harness.LoadResult) -> dict[str, Any]:
@@ -219,11 +220,11 @@ def run(
         }
         targets += [
             harness.target(
-                "admission, gateway alone (postgresql)",
-                alone["admitted_per_s"],
+                "admission, gateway alone, vs bare Celery's publish rate (postgresql)",
+                ratios["postgresql"]["admission_vs_bare_publish"],
                 ">=",
-                TARGET_ADMISSION,
-                " runs/s",
+                TARGET_ADMISSION_X,
+                "x",
             ),
             harness.target(
                 "POST p99, gateway alone (postgresql)",
@@ -231,13 +232,6 @@ def run(
                 "<=",
                 TARGET_POST_P99_MS,
                 " ms",
-            ),
-            harness.target(
-                "completed direct runs/s, mixed (postgresql)",
-                mixed.get("completed_per_s"),
-                ">=",
-                TARGET_COMPLETED,
-                " runs/s",
             ),
         ]
     if "sqlite" in stores:
@@ -250,29 +244,15 @@ def run(
                 mixed.get("completed_per_s"), base["runs_per_s_equivalent"]
             ),
         }
-        targets += [
-            harness.target(
-                "admission, mixed (sqlite)",
-                mixed["admitted_per_s"],
-                ">=",
-                TARGET_ADMISSION,
-                " runs/s",
-            ),
+        targets.append(
             harness.target(
                 "POST p99, mixed (sqlite)",
                 mixed["post_latency"].get("p99_ms"),
                 "<=",
                 TARGET_POST_P99_MS,
                 " ms",
-            ),
-            harness.target(
-                "completed direct runs/s (sqlite)",
-                mixed.get("completed_per_s"),
-                ">=",
-                TARGET_COMPLETED,
-                " runs/s",
-            ),
-        ]
+            )
+        )
     return harness.scenario_result(
         NAME,
         TITLE,

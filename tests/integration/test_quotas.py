@@ -276,6 +276,28 @@ def test_concurrent_runs_limit_and_revoked_key(
     assert t.client.http.get("/v1/usage").status_code == 401
 
 
+def test_a_revoked_key_is_refused_by_every_gateway_within_a_second(
+    stack: Stack, second_gateway: str, make_tenant: Any, admin: PodiumClient
+) -> None:
+    t = make_tenant("revoke")
+    headers = {"Authorization": f"Bearer {t.key}"}
+    with httpx.Client(base_url=second_gateway, headers=headers, timeout=10) as other:
+        # Both gateways have checked the key, and trust it for a moment.
+        assert t.client.http.get("/v1/usage").status_code == 200
+        assert other.get("/v1/usage").status_code == 200
+        [key] = admin.request("GET", f"/v1/tenants/{t.id}/api-keys")
+        assert admin.http.delete(f"/v1/tenants/{t.id}/api-keys/{key['id']}").status_code == 204
+        revoked = time.monotonic()
+        # Refused at once by the gateway that revoked it...
+        assert t.client.http.get("/v1/usage").status_code == 401
+        # ...and by the other within a second.
+        while other.get("/v1/usage").status_code == 200:
+            assert time.monotonic() - revoked < 1.0, "still accepted 1 s after revocation"
+            time.sleep(0.02)
+        assert time.monotonic() - revoked < 1.0
+        assert other.get("/v1/usage").json()["error"]["code"] == "unauthorized"
+
+
 # --- isolation audit -------------------------------------------------------------------------
 # A body that passes validation on each route that takes one, so the answer is about the id.
 VALID_BODIES = {

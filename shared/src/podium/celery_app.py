@@ -25,6 +25,7 @@ from typing import Any
 
 from celery import Celery
 
+from podium.broker import TRANSPORT
 from podium.queues import AGENTS_QUEUE_PREFIX, Queue, TaskName
 from podium.settings import Settings
 
@@ -98,6 +99,9 @@ def make_celery(settings: Settings, name: str) -> Celery:
         worker_send_task_events=False,
         enable_utc=True,
     )
+    if settings.effective_broker_url.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport, keeping one client per channel (podium.broker).
+        app.conf.broker_transport = TRANSPORT
     return app
 
 

@@ -19,7 +19,11 @@ REQUIRED = ("gateway", "orchestrator", "agent-worker", "learner")
 
 
 def embedded_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"mode": "embedded", "broker_url": "memory://"})
+    # One thread pool serves every queue here: a learner task must not hold a thread
+    # waiting for its batch to fill (batches still form from what arrives meanwhile).
+    return settings.model_copy(
+        update={"mode": "embedded", "broker_url": "memory://", "learner_batch_wait_s": 0.0}
+    )
 
 
 class EmbeddedPodium:

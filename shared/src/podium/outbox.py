@@ -42,7 +42,10 @@ def stage(session: Session, message: Message, queue: str) -> OutboxMessage:
     return row
 
 
-MARK_EVERY_S = 0.1
+# Marks are batched over this long: one UPDATE per second and process, whatever the load.
+# Well under the sweep's 5 s: a marked row is never re-sent; an unmarked one (a crash) is,
+# and consumers deduplicate it.
+MARK_EVERY_S = 1.0
 # How long a sweeper owns the rows it claimed before another may take them.
 CLAIM_S = 30.0
 
@@ -52,8 +55,8 @@ class OutboxRelay:
         self.db = db
         self.celery = celery
         self._fair = fair
-        # Published ids are marked in batches by one thread: one UPDATE per 100 ms instead
-        # of a transaction per commit. A mark lost in a crash only means the sweep sends
+        # Published ids are marked in batches by one thread: one UPDATE per MARK_EVERY_S
+        # instead of a transaction per commit. A mark lost in a crash only means the sweep sends
         # the message again, which every consumer deduplicates.
         self._to_mark: list[str] = []
         self._mark_lock = threading.Lock()

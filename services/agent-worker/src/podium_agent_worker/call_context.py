@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from podium.lifecycle.calls import ClaimedCall
@@ -53,18 +53,25 @@ def load_context(session: Session, claimed: ClaimedCall) -> CallContext:
 
 
 def _load(session: Session, visible: list[Any], instructions: str, task: str | None) -> CallContext:
-    latest_summary = session.scalar(
-        select(ThreadEvent.seq)
+    # From the latest summary on, in one query (the summary's seq as a subquery).
+    latest_summary = (
+        select(func.coalesce(func.max(ThreadEvent.seq), 0))
         .where(*visible, ThreadEvent.kind == EventKind.SUMMARY.value)
-        .order_by(ThreadEvent.seq.desc())
-        .limit(1)
+        .correlate(None)  # its own scan of thread_events, not the outer query's row
+        .scalar_subquery()
     )
     events = list(
-        session.scalars(
-            select(ThreadEvent)
+        session.execute(
+            select(
+                ThreadEvent.seq,
+                ThreadEvent.kind,
+                ThreadEvent.role,
+                ThreadEvent.agent,
+                ThreadEvent.content,
+            )
             .where(
                 *visible,
-                ThreadEvent.seq >= (latest_summary or 0),
+                ThreadEvent.seq >= latest_summary,
                 ThreadEvent.kind.in_([k.value for k in CONTEXT_KINDS]),
             )
             .order_by(ThreadEvent.seq.desc())

@@ -84,16 +84,13 @@ class Executor:
         self.takeover_grace_s = self.settings.call_lease_s / 3
 
     def execute(self, message: ExecuteAgentCall) -> str | None:
-        if not self._claim(message):
+        loaded = self._claim(message)
+        if loaded is None:
             self._free_slot_if_finished(message)
             return None
+        claimed, context = loaded
         self.stop_watch.watch(message.call_id)
         try:
-            # Claimed and leased: from here the call is this worker's, so a store outage is
-            # waited out rather than giving the call up to a takeover.
-            claimed, context = self._patiently(
-                f"call {message.call_id}", lambda: self._load(message.call_id)
-            )
             status = self._execute(claimed, context)
         finally:
             self.stop_watch.forget(message.call_id)
@@ -109,40 +106,47 @@ class Executor:
         return status
 
     # --- claim ------------------------------------------------------------------------------
-    def _claim(self, message: ExecuteAgentCall) -> bool:
-        """Claim the call (and hold its lease), or say why not in the log."""
+    def _claim(self, message: ExecuteAgentCall) -> tuple[ClaimedCall, CallContext] | None:
+        """Claim the call (and hold its lease) with its context, or say why not in the log."""
         call_id = message.call_id
-        if call_lifecycle.claim(self.runtime, call_id):
+        claimed = call_lifecycle.claim(self.runtime, call_id, load_context)
+        if claimed is not None:
             self.leases.hold(call_id)
-            return True
+            return claimed
         state = call_lifecycle.state(self.runtime, call_id, grace_s=self.takeover_grace_s)
         if state is None:
             log.warning("call %s does not exist; dropping the message", call_id)
-            return False
+            return None
         if state.status in TERMINAL_CALL_STATUSES:
-            return False  # already done: a redelivery spends nothing
+            return None  # already done: a redelivery spends nothing
         if not state.run_open:
             call_lifecycle.cancel_open(self.runtime, call_id, state.run_id)
-            return False
+            return None
         if state.status != CallStatus.RUNNING:
-            return False
+            return None
         if self.leases.alive_elsewhere(call_id) or not state.started_long_ago:
             # A duplicate delivery (reaper re-send, visibility-timeout restore) of a call a
             # live worker is executing: that worker commits it.
             log.info("call %s is running elsewhere; duplicate delivery dropped", call_id)
-            return False
+            return None
         if state.attempts >= self.settings.call_max_attempts:
             # Started that many times and lost every time (a call that kills its worker?):
             # stop here; the run's pattern decides what a failed call means.
             call_lifecycle.give_up_lost(self.runtime, call_id, state.run_id, state.attempts)
-            return False
+            return None
         if call_lifecycle.take_over(
             self.runtime, call_id, state.attempts, grace_s=self.takeover_grace_s
         ):
             log.warning("call %s lost its worker (lease lapsed); taken over", call_id)
             self.leases.hold(call_id)
-            return True
-        return False
+            # Taken over and leased: from here the call is this worker's, so a store outage
+            # is waited out rather than giving the call up to another takeover.
+            try:
+                return self._patiently(f"call {call_id}", lambda: self._load(call_id))
+            except BaseException:
+                self.leases.drop(call_id)
+                raise
+        return None
 
     def _free_slot_if_finished(self, message: ExecuteAgentCall) -> None:
         """A message for a call that is already over (cancelled while it waited for its

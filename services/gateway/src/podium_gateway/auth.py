@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -55,13 +57,66 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+# How long a gateway trusts a key it has checked: a revocation, or a change of the tenant's
+# limits, made through another gateway takes effect within this (through this one: at once).
+KEY_CACHE_S = 0.5
+KEY_CACHE_SIZE = 10_000
+
+
+class KeyCache:
+    """Keys this gateway checked recently, by hash: a request within ``ttl_s`` of the last
+    check of its key costs no query. Invalid keys are never cached."""
+
+    def __init__(self, ttl_s: float = KEY_CACHE_S, size: int = KEY_CACHE_SIZE) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or time.monotonic() - entry[0] >= self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries = {k: v for k, v in self._entries.items() if now - v[0] < self.ttl_s}
+                if len(self._entries) >= self.size:
+                    self._entries.clear()
+            self._entries[key_hash] = (now, principal)
+
+    def forget(self, *, tenant_id: str | None = None, key_id: str | None = None) -> None:
+        """Drop the entries of a tenant or of a key (its limits or the key just changed)."""
+        with self._lock:
+            self._entries = {
+                k: v
+                for k, v in self._entries.items()
+                if v[1].tenant_id != tenant_id and v[1].key_id != key_id
+            }
+
+
+def key_cache(request: Request) -> KeyCache:
+    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        cache = request.app.state.key_cache = KeyCache()
+    return cache
+
+
 def require_tenant(request: Request, runtime: RuntimeDep) -> Principal:
     token = _bearer(request)
-    with runtime.db.session() as session:
+    key_hash = hash_key(token)
+    cache = key_cache(request)
+    cached = cache.get(key_hash)
+    if cached is not None:
+        return cached
+    with runtime.db.read() as session:
         row = session.execute(
             select(ApiKey.id, ApiKey.tenant_id, Tenant.limits)
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         ).first()
     if row is None:
         raise ApiError(
@@ -70,7 +125,9 @@ def require_tenant(request: Request, runtime: RuntimeDep) -> Principal:
             "invalid or revoked API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return Principal(tenant_id=row.tenant_id, key_id=row.id, limits=dict(row.limits or {}))
+    principal = Principal(tenant_id=row.tenant_id, key_id=row.id, limits=dict(row.limits or {}))
+    cache.put(key_hash, principal)
+    return principal
 
 
 def require_admin(request: Request, runtime: RuntimeDep) -> None:

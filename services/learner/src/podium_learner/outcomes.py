@@ -31,46 +31,76 @@ from podium.store import (
 )
 
 
-def refresh_outcomes(
-    session: Session, run_ids: Sequence[str], *, is_postgres: bool
-) -> dict[str, dict[str, Any]]:
-    """Create or refresh the outcome rows of ``run_ids`` from the store, then recompute the
-    statistics of every tenant x class they belong to (idempotent). Returns the outcomes
-    written, by run id (runs not found are left out).
+@dataclass(frozen=True)
+class OutcomeInput:
+    """What a run's outcome is made of, besides its ratings: the run's row (id, tenant_id,
+    request_class, input, pattern, status, cost_usd, created_at, finished_at), its agents,
+    and the pattern a learned policy overruled for it. None of it changes once the run
+    ended, so it may be read before the transaction that writes the outcome."""
 
-    A few statements for the whole batch: the runs, their agents, ratings and policy
-    decisions are read with one query each, the outcomes written with one upsert, and each
-    tenant x class recomputed once. Concurrent refreshes of one tenant x class are
-    serialised (advisory locks on PostgreSQL, taken in one order; SQLite has one writer)."""
-    if not run_ids:
-        return {}
+    run: Any
+    agents: frozenset[str]
+    overruled_from: str | None
+
+
+def outcome_inputs(
+    runs: Sequence[Any], calls: Sequence[Any], decisions: Sequence[Any]
+) -> list[OutcomeInput]:
+    """The inputs of ``runs``' outcomes, from rows already read: their calls (``run_id``,
+    ``agent``) and decisions (rows of ``orchestration_decisions``, oldest first)."""
+    agents: dict[str, set[str]] = defaultdict(set)
+    for call in calls:
+        agents[call.run_id].add(call.agent)
+    overruled: dict[str, str | None] = {}
+    for row in decisions:
+        if row.source == DecisionSource.POLICY.value:
+            overruled.setdefault(row.run_id, Decision.from_row(row).dimensions.overruled)
+    return [
+        OutcomeInput(run, frozenset(agents.get(run.id, ())), overruled.get(run.id)) for run in runs
+    ]
+
+
+def read_outcome_inputs(session: Session, run_ids: Sequence[str]) -> list[OutcomeInput]:
+    """The inputs of the outcomes of ``run_ids`` (runs not found are left out): three
+    queries for any number of runs."""
     ids = sorted(set(run_ids))
-    runs = session.execute(
-        select(
-            Run.id,
-            Run.tenant_id,
-            Run.request_class,
-            Run.input,
-            Run.pattern,
-            Run.status,
-            Run.cost_usd,
-            Run.created_at,
-            Run.finished_at,
-        ).where(Run.id.in_(ids))
+    if not ids:
+        return []
+    runs = session.execute(select(Run.__table__).where(Run.id.in_(ids))).all()
+    calls = session.execute(
+        select(AgentCall.run_id, AgentCall.agent).where(AgentCall.run_id.in_(ids))
     ).all()
-    if not runs:
+    decisions = session.execute(
+        select(OrchestrationDecision.__table__)
+        .where(
+            OrchestrationDecision.run_id.in_(ids),
+            OrchestrationDecision.source == DecisionSource.POLICY.value,
+        )
+        .order_by(OrchestrationDecision.seq)
+    ).all()
+    return outcome_inputs(runs, calls, decisions)
+
+
+def refresh_outcomes(
+    session: Session, inputs: Sequence[OutcomeInput], *, is_postgres: bool
+) -> dict[str, dict[str, Any]]:
+    """Create or refresh the outcome rows of the runs of ``inputs``, with their ratings as
+    they stand, then recompute the statistics of every tenant x class they belong to
+    (idempotent). Returns the outcomes written, by run id.
+
+    A few statements for the whole batch: the ratings read with one query, the outcomes
+    written with one upsert, each tenant x class recomputed once. Concurrent refreshes of one
+    tenant x class are serialised (advisory locks on PostgreSQL, taken in one order, before
+    the ratings are read; SQLite has one writer)."""
+    if not inputs:
         return {}
-    classes = {r.id: r.request_class or classify(r.input) for r in runs}
-    groups = sorted({(r.tenant_id, classes[r.id]) for r in runs})
+    classes = {i.run.id: i.run.request_class or classify(i.run.input) for i in inputs}
+    groups = sorted({(i.run.tenant_id, classes[i.run.id]) for i in inputs})
     if is_postgres:
         for tenant_id, request_class in groups:
             key = zlib.crc32(f"{tenant_id}:{request_class}".encode())
             session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-    agents: dict[str, set[str]] = defaultdict(set)
-    for run_id, agent in session.execute(
-        select(AgentCall.run_id, AgentCall.agent).where(AgentCall.run_id.in_(ids))
-    ):
-        agents[run_id].add(agent)
+    ids = sorted(classes)
     ratings = {
         run_id: (int(count or 0), float(mean) if mean is not None else None)
         for run_id, count, mean in session.execute(
@@ -79,18 +109,9 @@ def refresh_outcomes(
             .group_by(Feedback.run_id)
         )
     }
-    overruled: dict[str, str | None] = {}
-    for row in session.execute(
-        select(OrchestrationDecision.__table__)
-        .where(
-            OrchestrationDecision.run_id.in_(ids),
-            OrchestrationDecision.source == DecisionSource.POLICY.value,
-        )
-        .order_by(OrchestrationDecision.seq)
-    ):
-        overruled.setdefault(row.run_id, Decision.from_row(row).dimensions.overruled)
     rows = []
-    for run in runs:
+    for item in inputs:
+        run = item.run
         count, mean = ratings.get(run.id, (0, None))
         latency = (
             (run.finished_at - run.created_at).total_seconds() * 1000 if run.finished_at else 0.0
@@ -101,13 +122,13 @@ def refresh_outcomes(
                 "tenant_id": run.tenant_id,
                 "request_class": classes[run.id],
                 "pattern": run.pattern or DEFAULT_PATTERN,
-                "agents": sorted(agents.get(run.id, ())),
+                "agents": sorted(item.agents),
                 "status": run.status,
                 "feedback_count": count,
                 "mean_rating": mean,
                 "cost_usd": float(run.cost_usd or 0.0),
                 "latency_ms": latency,
-                "overruled_from": overruled.get(run.id),
+                "overruled_from": item.overruled_from,
                 "good": is_good(run.status, mean),
             }
         )

@@ -36,7 +36,12 @@ from podium.store import (
     new_id,
     utcnow,
 )
-from podium_learner.outcomes import dialect_insert, refresh_outcomes
+from podium_learner.outcomes import (
+    dialect_insert,
+    outcome_inputs,
+    read_outcome_inputs,
+    refresh_outcomes,
+)
 from podium_learner.review import review
 
 log = logging.getLogger(__name__)
@@ -129,22 +134,27 @@ def record_postmortems(runtime: Runtime, messages: Sequence[RunCompleted]) -> Ba
                 )
             )
         }
-        new_runs = [r for r in run_ids if r in runs and r not in existing]
-        calls: dict[str, list[Any]] = defaultdict(list)
-        decisions: dict[str, list[Any]] = defaultdict(list)
-        if new_runs:
-            for row in conn.execute(
-                select(AgentCall.__table__)
-                .where(AgentCall.run_id.in_(new_runs))
-                .order_by(AgentCall.created_at)
-            ):
-                calls[row.run_id].append(row)
-            for row in conn.execute(
-                select(OrchestrationDecision.__table__)
-                .where(OrchestrationDecision.run_id.in_(new_runs))
-                .order_by(OrchestrationDecision.seq)
-            ):
-                decisions[row.run_id].append(row)
+        found = [r for r in run_ids if r in runs]
+        new_runs = [r for r in found if r not in existing]
+        # Calls and decisions of every run found: the facts of the new post-mortems, and
+        # the inputs of every outcome (read once, here, rather than again when writing).
+        call_rows = conn.execute(
+            select(AgentCall.__table__)
+            .where(AgentCall.run_id.in_(found))
+            .order_by(AgentCall.created_at)
+        ).all()
+        decision_rows = conn.execute(
+            select(OrchestrationDecision.__table__)
+            .where(OrchestrationDecision.run_id.in_(found))
+            .order_by(OrchestrationDecision.seq)
+        ).all()
+    calls: dict[str, list[Any]] = defaultdict(list)
+    decisions: dict[str, list[Any]] = defaultdict(list)
+    for row in call_rows:
+        calls[row.run_id].append(row)
+    for row in decision_rows:
+        decisions[row.run_id].append(row)
+    inputs = outcome_inputs([runs[r] for r in found], call_rows, decision_rows)
     for message in todo:
         if message.run_id not in runs:
             log.warning("run.completed for unknown run %s", message.run_id)
@@ -170,7 +180,7 @@ def record_postmortems(runtime: Runtime, messages: Sequence[RunCompleted]) -> Ba
                 insert(PostMortem).on_conflict_do_nothing(index_elements=[PostMortem.run_id]),
                 list(postmortems.values()),
             )
-        outcomes = refresh_outcomes(session, [m.run_id for m in known], is_postgres=is_postgres)
+        outcomes = refresh_outcomes(session, inputs, is_postgres=is_postgres)
         session.execute(
             insert(ProcessedEvent).on_conflict_do_nothing(),
             [{"consumer": CONSUMER, "event_id": m.id, "processed_at": utcnow()} for m in todo],
@@ -238,7 +248,8 @@ def apply_feedback(runtime: Runtime, message: FeedbackReceived) -> bool:
             .where(OrchestrationContext.run_id == message.run_id)
             .values(has_feedback=True)
         )
-        refresh_outcomes(session, [message.run_id], is_postgres=is_postgres)
+        inputs = read_outcome_inputs(session, [message.run_id])
+        refresh_outcomes(session, inputs, is_postgres=is_postgres)
         session.execute(
             dialect_insert(is_postgres)(ProcessedEvent).on_conflict_do_nothing(),
             [{"consumer": FEEDBACK_CONSUMER, "event_id": message.id, "processed_at": utcnow()}],

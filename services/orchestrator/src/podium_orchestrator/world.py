@@ -152,8 +152,11 @@ class StoreWorld:
         if self._roster is not None and self._roster[0] == tenant_id:
             return self._roster[1]
         session = self.session()
+        # The tenant's default agent and its agents in one query (a tenant with no agents
+        # still gives one row, with no agent).
         rows = session.execute(
             select(
+                Tenant.default_agent,
                 Agent.name,
                 Agent.description,
                 Agent.instructions,
@@ -163,7 +166,10 @@ class StoreWorld:
                 Agent.max_output_tokens,
                 Agent.tools,
                 Agent.pool,
-            ).where(Agent.tenant_id == tenant_id)
+            )
+            .select_from(Tenant)
+            .outerjoin(Agent, Agent.tenant_id == Tenant.id)
+            .where(Tenant.id == tenant_id)
         ).all()
         agents = {
             r.name: AgentSpec(
@@ -178,8 +184,9 @@ class StoreWorld:
                 pool=r.pool,
             )
             for r in rows
+            if r.name is not None
         }
-        default = session.scalar(select(Tenant.default_agent).where(Tenant.id == tenant_id))
+        default = rows[0].default_agent if rows else None
         roster = Roster(agents, default or "assistant")
         # Kept for this step only (its retries included): a changed agent applies next step.
         self._roster = (tenant_id, roster)

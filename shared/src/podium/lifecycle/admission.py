@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from podium.lifecycle.errors import Conflict, NotFound
-from podium.lifecycle.run_state import TERMINAL, request_cancel, unfinished
+from podium.lifecycle.run_state import TERMINAL, request_cancel, thread_and_unfinished
 from podium.lifecycle.threads import append_event
 from podium.lifecycle.tx import owned_transaction
 from podium.messages import AdvanceRun
@@ -21,7 +21,6 @@ from podium.store import (
     OrchestrationContext,
     Run,
     RunStatus,
-    Thread,
     new_id,
     utcnow,
 )
@@ -64,9 +63,9 @@ def admit(
     is waiting for the user, the prompt is that answer."""
     with owned_transaction(runtime, tenant_id) as tx:
         session = tx.session
-        if session.scalars(select(Thread.id).where(Thread.id == thread_id)).first() is None:
+        found, active = thread_and_unfinished(session, thread_id)
+        if not found:
             raise NotFound("thread", thread_id)
-        active = unfinished(session, thread_id)
         if active is not None and active[1] == RunStatus.AWAITING_INPUT:
             return _answer(tx, tenant_id, thread_id, active[0], request.input)
         if active is not None and request.multitask == "reject":

@@ -10,9 +10,10 @@ the statement that takes the call over.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,11 +34,13 @@ from podium.store import (
     CallStatus,
     EventKind,
     Run,
-    Thread,
+    new_id,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _TERMINAL_RUN = [s.value for s in TERMINAL_RUN_STATUSES]
 _OPEN = [CallStatus.PENDING.value, CallStatus.RUNNING.value]
@@ -70,6 +73,10 @@ def load_claimed(session: Session, call_id: str) -> ClaimedCall:
         )
         .one()
     )
+    return _claimed(row)
+
+
+def _claimed(row: Any) -> ClaimedCall:
     return ClaimedCall(
         call=CallView.of(row),
         attempts=row.attempts,
@@ -80,16 +87,26 @@ def load_claimed(session: Session, call_id: str) -> ClaimedCall:
     )
 
 
-def claim(runtime: Runtime, call_id: str) -> bool:
-    """``pending -> running``, if the call's run still wants it. False: not claimed (some
-    other delivery did, or there is nothing to do); see ``take_over`` for running calls."""
+def _run_column(column: Any) -> Any:
+    """A column of the call's run, as a scalar subquery of an ``agent_calls`` statement
+    (SQLite's RETURNING may not name another table, but may hold a subquery)."""
+    return select(column).where(Run.id == AgentCall.run_id).scalar_subquery()
+
+
+def claim(
+    runtime: Runtime, call_id: str, read: Callable[[Session, ClaimedCall], T]
+) -> tuple[ClaimedCall, T] | None:
+    """``pending -> running``, if the call's run still wants it: the claimed call, and what
+    ``read(session, claimed)`` reads for it in the same short transaction (the worker's
+    context). None: not claimed (some other delivery did, or there is nothing to do); see
+    ``take_over`` for running calls."""
     run_open = exists().where(
         Run.id == AgentCall.run_id,
         Run.status.not_in(_TERMINAL_RUN),
         Run.cancel_requested.is_(False),
     )
     with owned_transaction(runtime) as tx:
-        won = (
+        row = (
             tx.session.connection()
             .execute(
                 update(AgentCall)
@@ -101,10 +118,19 @@ def claim(runtime: Runtime, call_id: str) -> bool:
                     attempts=AgentCall.attempts + 1,
                     started_at=utcnow(),
                 )
+                .returning(
+                    *AgentCall.__table__.c,
+                    _run_column(Run.thread_id).label("run_thread_id"),
+                    _run_column(Run.input).label("run_input"),
+                    _run_column(Run.input_event_seq).label("run_input_event_seq"),
+                )
             )
-            .rowcount
+            .first()
         )
-    return bool(won)
+        if row is None:
+            return None
+        claimed = _claimed(row)
+        return claimed, read(tx.session, claimed)
 
 
 @dataclass(frozen=True)
@@ -330,17 +356,20 @@ def commit(
     A call marked ``ends_run`` that succeeded ends its run in the same transaction when
     nothing else is left to decide (``end_with_call``); every other commit wakes the
     orchestrator for the run's next step."""
+    # The answer's event id is chosen first, so the call and its message are written with
+    # one statement each.
+    event_id = new_id() if answer else None
     with owned_transaction(runtime) as tx:
         session = tx.session.connection()
         won = session.execute(
             update(AgentCall)
             .where(AgentCall.id == call.id, AgentCall.status == CallStatus.RUNNING.value)
-            .values(finished_at=utcnow(), **result.columns())
+            .values(finished_at=utcnow(), message_event_id=event_id, **result.columns())
         ).rowcount
         if not won:
             return None
         if answer:
-            event_id, _ = append_event(
+            append_event(
                 session,
                 tenant_id=call.tenant_id,
                 thread_id=call.thread_id,
@@ -351,12 +380,8 @@ def commit(
                 run_id=call.run_id,
                 call_id=call.id,
                 dedupe_key=f"call:{call.id}",
-            )
-            session.execute(
-                update(AgentCall).where(AgentCall.id == call.id).values(message_event_id=event_id)
-            )
-            session.execute(
-                update(Thread).where(Thread.id == call.thread_id).values(last_agent=call.agent)
+                event_id=event_id,
+                thread_values={"last_agent": call.agent},
             )
         if call.ends_run and result.status == CallStatus.SUCCEEDED and not result.control:
             ended = end_with_call(runtime, tx, call, result.output or "")

@@ -11,10 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    String,
+    case,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.engine import Connection
 
 from podium.decisions import DecisionOutcome
 from podium.lifecycle.plan import RunEnd
@@ -45,10 +58,55 @@ class RunRef:
     thread_id: str
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What the run spent: its calls' tokens and cost, and the Orchestrator agent's tokens."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    orchestrator_tokens: int
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "orchestrator_tokens": self.orchestrator_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.orchestrator_tokens
+
+
+def _calls_totals(session: Connection, run_id: str) -> Any:
+    return select(
+        func.coalesce(func.sum(AgentCall.input_tokens), 0),
+        func.coalesce(func.sum(AgentCall.output_tokens), 0),
+        func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
+    ).where(AgentCall.run_id == run_id)
+
+
+def _end_values(end: RunEnd, totals: Totals, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": end.status.value,
+        "error": end.error,
+        "finished_at": now,
+        "step": None,
+        "cost_usd": totals.cost_usd,
+        "usage": totals.usage,
+    }
+    if end.output is not None:
+        values["output"] = end.output
+    return values
+
+
 def finish(
     runtime: Runtime,
     tx: Tx,
-    plan: RunRef,
+    run: RunRef,
     end: RunEnd,
     orchestrator_tokens: int | None,
     emit: Emit,
@@ -60,76 +118,79 @@ def finish(
     now = utcnow()
     session.execute(
         update(AgentCall)
-        .where(AgentCall.run_id == plan.run_id, AgentCall.status.in_(OPEN_CALLS))
+        .where(AgentCall.run_id == run.run_id, AgentCall.status.in_(OPEN_CALLS))
         .values(status=CallStatus.CANCELLED.value, finished_at=now)
     )
     if end.answer_as and end.output:
         append_event(
             session,
-            tenant_id=plan.tenant_id,
-            thread_id=plan.thread_id,
+            tenant_id=run.tenant_id,
+            thread_id=run.thread_id,
             kind=EventKind.AGENT_MESSAGE,
             role="assistant",
             agent=end.answer_as,
             content=end.output,
-            run_id=plan.run_id,
+            run_id=run.run_id,
         )
-    tokens_in, tokens_out, cost = session.execute(
-        select(
-            func.coalesce(func.sum(AgentCall.input_tokens), 0),
-            func.coalesce(func.sum(AgentCall.output_tokens), 0),
-            func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
-        ).where(AgentCall.run_id == plan.run_id)
-    ).one()
-    usage = {
-        "input_tokens": int(tokens_in),
-        "output_tokens": int(tokens_out),
-        "orchestrator_tokens": int(orchestrator_tokens or 0),
-        "cost_usd": round(float(cost), 6),
-    }
-    values: dict[str, Any] = {
-        "status": end.status.value,
-        "error": end.error,
-        "finished_at": now,
-        "step": None,
-        "cost_usd": float(cost),
-        "usage": usage,
-    }
-    if end.output is not None:
-        values["output"] = end.output
-    session.execute(update(Run).where(Run.id == plan.run_id).values(**values))
-    session.execute(
-        update(Thread)
-        .where(Thread.id == plan.thread_id, Thread.active_run_id == plan.run_id)
-        .values(active_run_id=None)
-    )
-    next_run = session.scalars(
+    tokens_in, tokens_out, cost = session.execute(_calls_totals(session, run.run_id)).one()
+    totals = Totals(int(tokens_in), int(tokens_out), float(cost), int(orchestrator_tokens or 0))
+    session.execute(update(Run).where(Run.id == run.run_id).values(**_end_values(end, totals, now)))
+    _hand_on(runtime, tx, run, end, totals, emit)
+
+
+def _hand_on(
+    runtime: Runtime, tx: Tx, run: RunRef, end: RunEnd, totals: Totals, emit: Emit
+) -> None:
+    """After the run's row ended: its thread to the next queued run, the learner told, the
+    tenant's reservation settled after the commit, the end event."""
+    session = tx.session.connection()
+    # The thread is let go (if this run held it) and its next queued run found, in one
+    # statement.
+    next_queued = (
         select(Run.id)
         .where(
-            Run.thread_id == plan.thread_id,
+            Run.thread_id == run.thread_id,
             Run.status == RunStatus.QUEUED.value,
-            Run.id != plan.run_id,
+            Run.id != run.run_id,
         )
         .order_by(Run.created_at, Run.id)
         .limit(1)
-    ).first()
+        .scalar_subquery()
+    )
+    next_run = session.execute(
+        update(Thread)
+        .where(Thread.id == run.thread_id)
+        .values(
+            active_run_id=case(
+                (Thread.active_run_id == run.run_id, None), else_=Thread.active_run_id
+            )
+        )
+        .returning(next_queued)
+    ).scalar()
     if next_run is not None:
         tx.send(AdvanceRun(run_id=next_run, reason="thread.released"))
-    tx.send(RunCompleted(run_id=plan.run_id, tenant_id=plan.tenant_id, status=end.status.value))
+    tx.send(RunCompleted(run_id=run.run_id, tenant_id=run.tenant_id, status=end.status.value))
     # The run's reservation on the tenant's budgets becomes its real usage once the end is
     # committed (the reaper settles it if this process dies first).
-    tokens = int(tokens_in) + int(tokens_out) + int(orchestrator_tokens or 0)
     tx.after_commit.append(
-        partial(runtime.quotas.settle, plan.tenant_id, plan.run_id, tokens, float(cost))
+        partial(runtime.quotas.settle, run.tenant_id, run.run_id, totals.tokens, totals.cost_usd)
     )
     emit(
         f"run.{end.status.value}",
         status=end.status.value,
         output=end.output,
         error=end.error,
-        usage=usage,
+        usage=totals.usage,
         note=end.note,
     )
+
+
+def _json(runtime: Runtime, value: dict[str, Any]) -> Any:
+    """A JSON value inside an expression: PostgreSQL needs the cast to type the CASE; SQLite
+    has no JSON type to cast to (its CAST would make a number of it)."""
+    if runtime.db.is_postgres:
+        return cast(value, JSON)
+    return type_coerce(value, JSON)
 
 
 @dataclass(frozen=True)
@@ -152,6 +213,17 @@ def end_with_call(runtime: Runtime, tx: Tx, call: CallView, output: str) -> Ende
     the old state meanwhile is refused and plans again on the ended run."""
     session = tx.session.connection()
     now = utcnow()
+    end = RunEnd(RunStatus.COMPLETED, output=output)
+    context_tokens = (
+        select(OrchestrationContext.tokens_used)
+        .where(OrchestrationContext.run_id == call.run_id)
+        .scalar_subquery()
+    )
+    tokens_in, tokens_out, cost, orchestrator_tokens = session.execute(
+        _calls_totals(session, call.run_id).add_columns(context_tokens)
+    ).one()
+    totals = Totals(int(tokens_in), int(tokens_out), float(cost), int(orchestrator_tokens or 0))
+    # The guard and the run's end in one statement.
     others_open = exists().where(AgentCall.run_id == Run.id, AgentCall.status.in_(OPEN_CALLS))
     row = session.execute(
         update(Run)
@@ -162,33 +234,31 @@ def end_with_call(runtime: Runtime, tx: Tx, call: CallView, output: str) -> Ende
             or_(Run.deadline_at.is_(None), Run.deadline_at > now),
             ~others_open,
         )
-        .values(version=Run.version + 1)
+        .values(version=Run.version + 1, **_end_values(end, totals, now))
         .returning(Run.thread_id, Run.guards, Run.pattern, Run.created_at)
     ).first()
     if row is None:
         return None
     thread_id, guards, pattern, created_at = row
-    end = RunEnd(RunStatus.COMPLETED, output=output)
-    # The decisions still open get their outcome: the plan this call executed counts it.
-    open_seqs = [
-        seq
-        for seq, outcome in session.execute(
-            select(OrchestrationDecision.seq, OrchestrationDecision.actual_outcome).where(
-                OrchestrationDecision.run_id == call.run_id
+    # The decisions still open get their outcome (one statement): the plan this call
+    # executed counts it. An open outcome is SQL NULL or JSON null, as it was written.
+    counted = DecisionOutcome(status=end.status.value, agent_calls=1).as_dict()
+    uncounted = DecisionOutcome(status=end.status.value, agent_calls=0).as_dict()
+    outcome = OrchestrationDecision.actual_outcome
+    session.execute(
+        update(OrchestrationDecision)
+        .where(
+            OrchestrationDecision.run_id == call.run_id,
+            or_(outcome.is_(None), cast(outcome, String) == "null"),
+        )
+        .values(
+            actual_outcome=case(
+                (OrchestrationDecision.seq == call.decision_seq, _json(runtime, counted)),
+                else_=_json(runtime, uncounted),
             )
         )
-        if not outcome
-    ]
-    for seq in open_seqs:
-        outcome = DecisionOutcome(
-            status=end.status.value, agent_calls=1 if seq == call.decision_seq else 0
-        )
-        session.execute(
-            update(OrchestrationDecision)
-            .where(OrchestrationDecision.run_id == call.run_id, OrchestrationDecision.seq == seq)
-            .values(actual_outcome=outcome.as_dict())
-        )
-    tokens: int | None = session.scalar(
+    )
+    session.execute(
         update(OrchestrationContext)
         .where(OrchestrationContext.run_id == call.run_id)
         .values(
@@ -200,15 +270,14 @@ def end_with_call(runtime: Runtime, tx: Tx, call: CallView, output: str) -> Ende
             },
             updated_at=now,
         )
-        .returning(OrchestrationContext.tokens_used)
     )
     events: list[tuple[str, dict[str, Any]]] = []
-    finish(
+    _hand_on(
         runtime,
         tx,
         RunRef(call.run_id, call.tenant_id, thread_id),
         end,
-        tokens,
+        totals,
         lambda type_, **data: events.append((type_, data)),
     )
     return EndedByCall(

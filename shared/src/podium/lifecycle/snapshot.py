@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session, aliased
 
 from podium.decisions import Decision
 from podium.store import (
@@ -194,58 +194,81 @@ def load_snapshot(db: Database, run_id: str) -> RunSnapshot | None:
 
 def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
     """The same, in the caller's read session. Rows are read as plain rows, not ORM
-    objects: a snapshot is read on every step."""
+    objects: a snapshot is read on every step. Three queries: the run with its context, its
+    thread, the thread's oldest unfinished run and whether it has decisions; then its calls
+    (none for a queued run) and its decisions (when it has some)."""
     conn = session.connection()
-    run = conn.execute(select(Run.__table__).where(Run.id == run_id)).first()
-    if run is None:
-        return None
-    context = conn.execute(
-        select(OrchestrationContext.__table__).where(OrchestrationContext.run_id == run_id)
-    ).one()
-    state = _run_state(run)
-    if state.terminal:
-        return RunSnapshot(state, _context(context), (), (), None, False)
-    calls = conn.execute(
-        select(AgentCall.__table__)
-        .where(AgentCall.run_id == run_id)
-        .order_by(AgentCall.created_at, AgentCall.id)
-    ).all()
-    decisions = conn.execute(
-        select(OrchestrationDecision.__table__)
-        .where(OrchestrationDecision.context_id == context.id)
-        .order_by(OrchestrationDecision.seq)
-    ).all()
-    last_agent, owner = conn.execute(
-        select(Thread.last_agent, Thread.active_run_id).where(Thread.id == run.thread_id)
-    ).one()
-    free = owner in (None, run.id)
-    if free and state.status == RunStatus.QUEUED:
-        oldest = conn.scalar(
-            select(Run.id)
-            .where(
-                Run.thread_id == run.thread_id,
-                Run.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
-            )
-            .order_by(Run.created_at, Run.id)
-            .limit(1)
+    context = OrchestrationContext.__table__
+    older = aliased(Run)
+    oldest_open = (
+        select(older.id)
+        .where(
+            older.thread_id == Run.thread_id,
+            older.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
         )
-        free = oldest == run.id
+        .order_by(older.created_at, older.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    row = conn.execute(
+        select(
+            *Run.__table__.c,
+            *(c.label(f"ctx_{c.name}") for c in context.c),
+            Thread.last_agent.label("thread_last_agent"),
+            Thread.active_run_id.label("thread_owner"),
+            oldest_open.label("thread_oldest_open"),
+            exists().where(OrchestrationDecision.context_id == context.c.id).label("has_decisions"),
+        )
+        .select_from(Run.__table__)
+        .join(context, context.c.run_id == Run.id)
+        .join(Thread, Thread.id == Run.thread_id)
+        .where(Run.id == run_id)
+    ).first()
+    if row is None:
+        return None
+    state = _run_state(row)
+    ctx = _context_of(row)
+    if state.terminal:
+        return RunSnapshot(state, ctx, (), (), None, False)
+    # A queued run has never started, so it has no calls yet (only admission makes a run
+    # queued): its first step skips that read.
+    calls = (
+        []
+        if state.status == RunStatus.QUEUED
+        else conn.execute(
+            select(AgentCall.__table__)
+            .where(AgentCall.run_id == run_id)
+            .order_by(AgentCall.created_at, AgentCall.id)
+        ).all()
+    )
+    decisions = (
+        conn.execute(
+            select(OrchestrationDecision.__table__)
+            .where(OrchestrationDecision.context_id == ctx.id)
+            .order_by(OrchestrationDecision.seq)
+        ).all()
+        if row.has_decisions
+        else []
+    )
+    free = row.thread_owner in (None, row.id)
+    if free and state.status == RunStatus.QUEUED:
+        free = row.thread_oldest_open == row.id
     return RunSnapshot(
         run=state,
-        context=_context(context),
+        context=ctx,
         calls=tuple(CallView.of(c) for c in calls),
         decisions=tuple(Decision.from_row(d) for d in decisions),
-        last_agent=last_agent,
+        last_agent=row.thread_last_agent,
         thread_free=free,
     )
 
 
-def _context(row: Any) -> ContextState:
+def _context_of(row: Any) -> ContextState:
     return ContextState(
-        id=row.id,
-        cursor_seq=row.cursor_seq,
-        token_budget=row.token_budget,
-        tokens_used=row.tokens_used,
-        summary=row.summary,
-        summarized_through_seq=row.summarized_through_seq,
+        id=row.ctx_id,
+        cursor_seq=row.ctx_cursor_seq,
+        token_budget=row.ctx_token_budget,
+        tokens_used=row.ctx_tokens_used,
+        summary=row.ctx_summary,
+        summarized_through_seq=row.ctx_summarized_through_seq,
     )

@@ -83,8 +83,12 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     if current is None:
         raise _Abort("stale")
     guards, awaiting, created_at = list(current[0] or []), dict(current[1] or {}), current[2]
-    if plan.start and not _take_thread(session, plan):
-        raise _Abort("thread_busy")
+    # Events in the run's thread so far, known without a read when the thread was just taken.
+    thread_events: int | None = None
+    if plan.start:
+        thread_events = _take_thread(session, plan)
+        if thread_events is None:
+            raise _Abort("thread_busy")
     guards = [*guards, *plan.guards]
     if plan.guards or plan.answer is not None:
         if plan.answer is not None:
@@ -111,7 +115,7 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
             call_id=message.call_id,
             data=message.data,
         )
-    _insert_calls(tx, plan)
+    _insert_calls(tx, plan, None if plan.messages else thread_events)
     cursor = plan.context.cursor_seq
     if plan.question is not None:
         cursor = _ask(session, plan, awaiting)
@@ -130,9 +134,10 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     return StepApplied(True, finished=finished, duration_s=duration)
 
 
-def _take_thread(session: Connection, plan: StepPlan) -> bool:
+def _take_thread(session: Connection, plan: StepPlan) -> int | None:
     """Runs of one thread execute one at a time, oldest first (the snapshot saw this run
-    first in line; taking the thread is what guards it)."""
+    first in line; taking the thread is what guards it). The thread's event count, or None
+    if another run holds it."""
     taken = session.execute(
         update(Thread)
         .where(
@@ -140,8 +145,9 @@ def _take_thread(session: Connection, plan: StepPlan) -> bool:
             (Thread.active_run_id.is_(None)) | (Thread.active_run_id == plan.run_id),
         )
         .values(active_run_id=plan.run_id)
-    )
-    return bool(taken.rowcount)
+        .returning(Thread.event_count)
+    ).first()
+    return None if taken is None else int(taken[0])
 
 
 def record_decisions(
@@ -174,12 +180,14 @@ def _set_outcome(session: Connection, context_id: str, seq: int, outcome: Decisi
     )
 
 
-def _insert_calls(tx: Tx, plan: StepPlan) -> None:
+def _insert_calls(tx: Tx, plan: StepPlan, thread_events: int | None) -> None:
+    """The plan's new calls, each seeing its thread as it stands (``thread_events``: the
+    run's thread's event count, when the caller knows it)."""
     if not plan.calls:
         return
     # Core statements on the connection: no ORM bookkeeping on the hot path.
     session = tx.session.connection()
-    until: dict[str, int] = {}
+    until: dict[str, int] = {} if thread_events is None else {plan.thread_id: thread_events}
     rows = []
     for call in plan.calls:
         if call.sub_thread is not None:

@@ -14,13 +14,16 @@ from podium.runtime import Runtime
 from podium.store.models import Thread, ThreadEvent, new_id, utcnow
 
 
-def next_seq(session: Session | Connection, thread_id: str) -> int:
-    """Reserve the next event seq of a thread. The UPDATE row-locks the thread until commit,
-    so concurrent appends to one thread get consecutive, unique seqs on every backend."""
+def next_seq(
+    session: Session | Connection, thread_id: str, thread_values: dict[str, Any] | None = None
+) -> int:
+    """Reserve the next event seq of a thread (and set ``thread_values`` on it, in the same
+    statement). The UPDATE row-locks the thread until commit, so concurrent appends to one
+    thread get consecutive, unique seqs on every backend."""
     seq = session.execute(
         update(Thread)
         .where(Thread.id == thread_id)
-        .values(event_count=Thread.event_count + 1)
+        .values(event_count=Thread.event_count + 1, **(thread_values or {}))
         .returning(Thread.event_count)
     ).scalar_one_or_none()
     if seq is None:
@@ -41,9 +44,13 @@ def append_event(
     call_id: str | None = None,
     data: dict[str, Any] | None = None,
     dedupe_key: str | None = None,
+    event_id: str | None = None,
+    thread_values: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
-    """Append one event; returns its id and seq."""
-    event_id, seq = new_id(), next_seq(session, thread_id)
+    """Append one event (``event_id``: chosen by the caller, who wrote it elsewhere in the
+    same transaction; ``thread_values``: set on the thread with the seq); returns its id and
+    seq."""
+    event_id, seq = event_id or new_id(), next_seq(session, thread_id, thread_values)
     session.execute(
         insert(ThreadEvent).values(
             id=event_id,

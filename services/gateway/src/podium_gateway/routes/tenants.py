@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
 from podium.quotas import effective_limits
 from podium.roster import DEFAULT_AGENT, DEFAULT_ROSTER
 from podium.runtime import Runtime
 from podium.store import Agent, ApiKey, Tenant, utcnow
-from podium_gateway.auth import AdminDep, RuntimeDep, generate_key, hash_key
+from podium_gateway.auth import AdminDep, RuntimeDep, generate_key, hash_key, key_cache
 from podium_gateway.errors import API_ERRORS, error_responses, not_found
 from podium_gateway.schemas import (
     ApiKeyCreate,
@@ -64,10 +64,15 @@ def get_tenant(tenant_id: TenantId, _admin: AdminDep, runtime: RuntimeDep) -> Te
 
 @router.patch("/{tenant_id}", response_model=TenantOut)
 def patch_tenant(
-    tenant_id: TenantId, body: TenantPatch, _admin: AdminDep, runtime: RuntimeDep
+    tenant_id: TenantId,
+    body: TenantPatch,
+    _admin: AdminDep,
+    runtime: RuntimeDep,
+    request: Request,
 ) -> TenantOut:
-    """Rename a tenant or set its limits. Limits take effect on the tenant's next request:
-    runs already admitted keep their reservations."""
+    """Rename a tenant or set its limits. Limits take effect on the tenant's next request
+    (through another gateway: within a second); runs already admitted keep their
+    reservations."""
     with runtime.db.session() as session:
         tenant = session.get(Tenant, tenant_id, with_for_update=True)
         if tenant is None:
@@ -83,7 +88,9 @@ def patch_tenant(
                     overrides[name] = value
             tenant.limits = overrides
         session.flush()
-        return _out(runtime, tenant)
+        out = _out(runtime, tenant)
+    key_cache(request).forget(tenant_id=tenant_id)
+    return out
 
 
 @router.post("/{tenant_id}/api-keys", status_code=201, response_model=ApiKeyOut)
@@ -127,7 +134,7 @@ def list_api_keys(tenant_id: TenantId, _admin: AdminDep, runtime: RuntimeDep) ->
 
 @router.delete("/{tenant_id}/api-keys/{key_id}", status_code=204)
 def revoke_api_key(
-    tenant_id: TenantId, key_id: KeyId, _admin: AdminDep, runtime: RuntimeDep
+    tenant_id: TenantId, key_id: KeyId, _admin: AdminDep, runtime: RuntimeDep, request: Request
 ) -> Response:
     """Revoke a key: every later request with it answers 401. Revoking twice is harmless."""
     with runtime.db.session() as session:
@@ -138,4 +145,6 @@ def revoke_api_key(
             raise not_found("api key", key_id)
         if row.revoked_at is None:
             row.revoked_at = utcnow()
+    # At once here; other gateways drop the key within auth.KEY_CACHE_S.
+    key_cache(request).forget(key_id=key_id)
     return Response(status_code=204)
