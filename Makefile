@@ -56,7 +56,7 @@ compose-tool:
 	else echo "docker-compose not found; the compose validation test will be skipped"; fi
 
 # MODE=full for the figures in docs/performance.md; extra options in BENCH_ARGS (see bench/run.py).
-bench: install ## Benchmarks (quick, < 10 min; MODE=full): bench/results/latest.json, docs/performance.md
+bench: install ## Benchmarks (quick, ~15 min; MODE=full): bench/results/latest.json, docs/performance.md
 	$(UV) run --frozen python -m bench.run $(if $(filter full,$(MODE)),--full) $(BENCH_ARGS)
 
 up: install ## Start every service as its own process (logs and pids in .run/)

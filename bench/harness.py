@@ -1259,7 +1259,7 @@ def post_runs(
 
 @dataclass(frozen=True)
 class Mode:
-    """quick (``make bench``, under 10 minutes) or full (``make bench MODE=full``)."""
+    """quick (``make bench``, about 15 minutes) or full (``make bench MODE=full``)."""
 
     full: bool = False
 

@@ -3,12 +3,13 @@
     uv run --frozen python -m bench.profile_run [--runs 600] [--seconds 15] [--out DIR]
 
 Starts Podium's stack as scenario (c) does (PostgreSQL, Redis broker, zero-latency model),
-POSTs runs with 16 connections while ``py-spy record`` samples each service (idle threads
-left out) for ``--seconds``, then prints, per process, the functions that hold the most
-samples, by own time and by time spent under them (Podium's own functions, and the
-libraries'). The raw profiles (collapsed stacks, for any flame graph tool) are left in
-``--out``. Needs ``py-spy`` on PATH (``pip install py-spy``) and the right to trace the
-services' processes (root, or ptrace allowed).
+POSTs runs with 16 connections while ``py-spy record --gil`` samples each service for
+``--seconds`` (the thread holding the GIL: where the process's Python CPU goes, not where
+its threads wait), then prints, per process, its own time by package (sqlalchemy, psycopg,
+celery, kombu, redis, podium...) and the functions that hold the most samples, by own time
+and by time spent under them. The raw profiles (collapsed stacks, for any flame graph tool)
+are left in ``--out``. Needs ``py-spy`` on PATH (``pip install py-spy``) and the right to
+trace the services' processes (root, or ptrace allowed).
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ def top(collapsed: Path, n: int) -> tuple[list[tuple[str, float]], list[tuple[st
     )
 
 
+def by_package(collapsed: Path) -> list[tuple[str, float]]:
+    """Own time grouped by top-level package (sqlalchemy, psycopg, celery, kombu, redis,
+    podium...), as shares of the samples."""
+    own: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        samples += int(count_text)
+        own[_short(stack.split(";")[-1]).split(".", 1)[0]] += int(count_text)
+    return [(p, round(100 * c / samples, 1)) for p, c in own.most_common()] if samples else []
+
+
 def _short(frame: str) -> str:
     """``function (path/to/module.py:12)`` -> ``module.function``."""
     name, _, where = frame.partition(" (")
@@ -64,6 +79,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--rate", type=int, default=50, help="samples per second")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
@@ -96,7 +112,13 @@ def main() -> int:
                         "--duration",
                         str(int(args.seconds)),
                         "--rate",
-                        "200",
+                        str(args.rate),
+                        # Sampling without pausing the process: a pause per sample of a
+                        # 64-thread worker stretches the run far past its duration.
+                        "--nonblocking",
+                        # Only the thread holding the GIL: where the process's Python CPU
+                        # goes, not where its threads wait.
+                        "--gil",
                         "--format",
                         "raw",
                         "--output",
@@ -108,7 +130,7 @@ def main() -> int:
                 for name, svc in stack.services.items()
             }
             for spy in spies.values():
-                spy.wait(timeout=args.seconds + 60)
+                spy.wait(timeout=args.seconds * 4 + 60)
             load.join(timeout=300)
         finally:
             stack.close()
@@ -119,6 +141,8 @@ def main() -> int:
                 continue
             own, total = top(path, args.top)
             print(f"\n=== {name} (active samples; % of the process's)")
+            packages = ", ".join(f"{p} {share:g}%" for p, share in by_package(path)[:8])
+            print(f"  own time by package: {packages}")
             print("  own time:")
             for frame, share in own:
                 print(f"    {share:5.1f}%  {frame}")

@@ -482,7 +482,7 @@ def results_markdown(data: dict[str, Any]) -> str:
             f"{_fmt(data['background_busy_cores'], 2)} cores busy."
         )
     lines += [
-        "Reproduce: `make bench` (quick, under 10 minutes) or `make bench MODE=full`; "
+        "Reproduce: `make bench` (quick, about 15 minutes) or `make bench MODE=full`; "
         "raw figures in `bench/results/latest.json`.",
         "",
         "### Targets",
