@@ -27,7 +27,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 
 from podium.decisions import DecisionOutcome
 from podium.lifecycle.plan import RunEnd
@@ -81,7 +81,8 @@ class Totals:
         return self.input_tokens + self.output_tokens + self.orchestrator_tokens
 
 
-def _calls_totals(session: Connection, run_id: str) -> Any:
+def _calls_totals(run_id: str) -> Select[int, int, float]:
+    """The run's calls' tokens and cost, summed."""
     return select(
         func.coalesce(func.sum(AgentCall.input_tokens), 0),
         func.coalesce(func.sum(AgentCall.output_tokens), 0),
@@ -132,7 +133,7 @@ def finish(
             content=end.output,
             run_id=run.run_id,
         )
-    tokens_in, tokens_out, cost = session.execute(_calls_totals(session, run.run_id)).one()
+    tokens_in, tokens_out, cost = session.execute(_calls_totals(run.run_id)).one()
     totals = Totals(int(tokens_in), int(tokens_out), float(cost), int(orchestrator_tokens or 0))
     session.execute(update(Run).where(Run.id == run.run_id).values(**_end_values(end, totals, now)))
     _hand_on(runtime, tx, run, end, totals, emit)
@@ -220,7 +221,7 @@ def end_with_call(runtime: Runtime, tx: Tx, call: CallView, output: str) -> Ende
         .scalar_subquery()
     )
     tokens_in, tokens_out, cost, orchestrator_tokens = session.execute(
-        _calls_totals(session, call.run_id).add_columns(context_tokens)
+        _calls_totals(call.run_id).add_columns(context_tokens)
     ).one()
     totals = Totals(int(tokens_in), int(tokens_out), float(cost), int(orchestrator_tokens or 0))
     # The guard and the run's end in one statement.
