@@ -13,33 +13,59 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, insert, select, update
 
 from podium import call_queue
 from podium.fair_dispatch import FairDispatcher
 from podium.messages import Message, SubmitAgentCall
 from podium.queues import TaskName
-from podium.store.db import Database
+from podium.store.db import Database, table
 from podium.store.models import OutboxMessage, utcnow
 
 log = logging.getLogger(__name__)
 
 
-def stage(session: Session, message: Message, queue: str) -> OutboxMessage:
-    """Add ``message`` to the outbox inside the caller's transaction."""
-    row = OutboxMessage(
-        id=message.id,
-        task=message.TASK.value,
-        queue=queue,
-        payload=message.model_dump(mode="json"),
+@dataclass(frozen=True)
+class Staged:
+    """A message staged in a transaction: its outbox row, written with the transaction's other
+    staged messages in one INSERT just before the commit (``write_staged``)."""
+
+    id: str
+    task: str
+    queue: str
+    payload: dict[str, Any]
+
+
+def stage(message: Message, queue: str) -> Staged:
+    return Staged(message.id, message.TASK.value, queue, message.model_dump(mode="json"))
+
+
+# Built once: its compiled form is cached by the statement, not rebuilt per transaction.
+_INSERT = insert(table(OutboxMessage))
+
+
+def write_staged(connection: Connection, rows: list[Staged]) -> None:
+    """Write the outbox rows of ``rows`` on the transaction's connection (one statement)."""
+    now = utcnow()
+    connection.execute(
+        _INSERT,
+        [
+            {
+                "id": r.id,
+                "task": r.task,
+                "queue": r.queue,
+                "payload": r.payload,
+                "created_at": now,
+                "attempts": 0,
+            }
+            for r in rows
+        ],
     )
-    session.add(row)
-    return row
 
 
 # Marks are batched over this long: one UPDATE per second and process, whatever the load.
@@ -72,7 +98,7 @@ class OutboxRelay:
         task_id = payload.get("id") if isinstance(payload, dict) else None
         self.celery.send_task(task, args=[payload], queue=queue, task_id=task_id)
 
-    def publish(self, rows: list[OutboxMessage]) -> int:
+    def publish(self, rows: list[Staged]) -> int:
         """Publish staged rows after their transaction committed. Failures are left to the sweep."""
         sent: list[str] = []
         for row in rows:

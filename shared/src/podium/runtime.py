@@ -14,11 +14,10 @@ from podium.celery_app import make_celery
 from podium.events import CallLeases, EventStream, make_call_leases, make_event_stream
 from podium.fair_dispatch import FairDispatcher, make_fair_dispatcher
 from podium.messages import Message
-from podium.outbox import OutboxRelay, stage
+from podium.outbox import OutboxRelay, Staged, stage, write_staged
 from podium.quotas import Quotas, make_quotas
 from podium.settings import Settings
 from podium.store.db import Database
-from podium.store.models import OutboxMessage
 from podium.store.scoping import TENANT_KEY
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ class Tx:
     """One transaction plus the messages it will send once committed."""
 
     session: Session
-    staged: list[OutboxMessage] = field(default_factory=list)
+    staged: list[Staged] = field(default_factory=list)
     # Work for after the commit (never on rollback); a failure is logged, not raised, so
     # each hook must be repairable from the store (the reaper does that).
     after_commit: list[Callable[[], object]] = field(default_factory=list)
@@ -38,7 +37,7 @@ class Tx:
         target = queue or message.QUEUE
         if target is None:
             raise ValueError(f"{type(message).__name__} needs an explicit queue")
-        self.staged.append(stage(self.session, message, target))
+        self.staged.append(stage(message, target))
 
 
 class Runtime:
@@ -91,6 +90,8 @@ class Runtime:
             tx = Tx(session)
             with session.begin():
                 yield tx
+                if tx.staged:
+                    write_staged(session.connection(), tx.staged)
         if tx.staged:
             self.relay.publish(tx.staged)
         for hook in tx.after_commit:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from podium.lifecycle.calls import ClaimedCall
@@ -31,56 +31,60 @@ class CallContext:
     task: str | None
 
 
+def _context_query(same_thread: bool) -> Select[Any]:
+    """The visible events from the latest summary on, newest first, in one query (the
+    summary's seq as a subquery). In the run's own thread, prompts of runs queued after this
+    one are not the call's business."""
+    events = ThreadEvent.__table__
+    visible = [
+        events.c.thread_id == bindparam("p_thread_id"),
+        events.c.seq <= bindparam("p_until_seq"),
+    ]
+    if same_thread:
+        visible.append(
+            or_(events.c.seq <= bindparam("p_input_seq"), events.c.run_id == bindparam("p_run_id"))
+        )
+    latest_summary = (
+        select(func.coalesce(func.max(events.c.seq), 0))
+        .where(*visible, events.c.kind == EventKind.SUMMARY.value)
+        .correlate(None)  # its own scan of thread_events, not the outer query's row
+        .scalar_subquery()
+    )
+    return (
+        select(events.c.seq, events.c.kind, events.c.role, events.c.agent, events.c.content)
+        .where(
+            *visible,
+            events.c.seq >= latest_summary,
+            events.c.kind.in_([k.value for k in CONTEXT_KINDS]),
+        )
+        .order_by(events.c.seq.desc())
+        .limit(MAX_EVENTS)
+    )
+
+
+# Built once each, run on the claim's connection.
+_IN_RUN_THREAD = _context_query(same_thread=True)
+_IN_OTHER_THREAD = _context_query(same_thread=False)
+
+
 def load_context(session: Session, claimed: ClaimedCall) -> CallContext:
     """The call's context, read after its claim, in the caller's read session."""
     call = claimed.call
     instructions = str(call.params.get("instructions", ""))
-    if call.context_mode == "clean" and call.thread_id == claimed.run_thread_id:
+    same_thread = call.thread_id == claimed.run_thread_id
+    if call.context_mode == "clean" and same_thread:
         return CallContext(instructions, [], call.task or claimed.run_input)
-    visible = [
-        ThreadEvent.thread_id == call.thread_id,
-        ThreadEvent.seq <= claimed.context_until_seq,
-    ]
-    if call.thread_id == claimed.run_thread_id:
-        # Prompts of runs queued after this one are not this call's business.
-        visible.append(
-            or_(
-                ThreadEvent.seq <= claimed.run_input_event_seq,
-                ThreadEvent.run_id == call.run_id,
-            )
-        )
-    return _load(session, visible, instructions, call.task)
-
-
-def _load(session: Session, visible: list[Any], instructions: str, task: str | None) -> CallContext:
-    # From the latest summary on, in one query (the summary's seq as a subquery).
-    latest_summary = (
-        select(func.coalesce(func.max(ThreadEvent.seq), 0))
-        .where(*visible, ThreadEvent.kind == EventKind.SUMMARY.value)
-        .correlate(None)  # its own scan of thread_events, not the outer query's row
-        .scalar_subquery()
-    )
-    events = list(
-        session.execute(
-            select(
-                ThreadEvent.seq,
-                ThreadEvent.kind,
-                ThreadEvent.role,
-                ThreadEvent.agent,
-                ThreadEvent.content,
-            )
-            .where(
-                *visible,
-                ThreadEvent.seq >= latest_summary,
-                ThreadEvent.kind.in_([k.value for k in CONTEXT_KINDS]),
-            )
-            .order_by(ThreadEvent.seq.desc())
-            .limit(MAX_EVENTS)
-        )
-    )
+    params: dict[str, Any] = {
+        "p_thread_id": call.thread_id,
+        "p_until_seq": claimed.context_until_seq,
+    }
+    if same_thread:
+        params |= {"p_input_seq": claimed.run_input_event_seq, "p_run_id": call.run_id}
+    query = _IN_RUN_THREAD if same_thread else _IN_OTHER_THREAD
+    events = list(session.connection().execute(query, params))
     events.reverse()
     entries = [Entry(e.seq, e.kind, e.role, e.agent, e.content) for e in events]
-    return CallContext(instructions, entries, task)
+    return CallContext(instructions, entries, call.task)
 
 
 def render(ctx: CallContext, agent: str) -> list[ChatMessage]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
+from podium.lifecycle import sql
 from podium.lifecycle.errors import Conflict, NotFound
 from podium.lifecycle.run_state import TERMINAL, request_cancel, thread_and_unfinished
 from podium.lifecycle.threads import append_event
@@ -50,6 +51,10 @@ class Admitted:
     interrupted_run_id: str | None = None
 
 
+_INSERT_RUN = insert(sql.table(Run))
+_INSERT_CONTEXT = insert(sql.table(OrchestrationContext))
+
+
 def admit(
     runtime: Runtime,
     tenant_id: str,
@@ -63,7 +68,7 @@ def admit(
     is waiting for the user, the prompt is that answer."""
     with owned_transaction(runtime, tenant_id) as tx:
         session = tx.session
-        found, active = thread_and_unfinished(session, thread_id)
+        found, active = thread_and_unfinished(session, tenant_id, thread_id)
         if not found:
             raise NotFound("thread", thread_id)
         if active is not None and active[1] == RunStatus.AWAITING_INPUT:
@@ -84,43 +89,47 @@ def admit(
             run_id=run_id,
         )
         now = utcnow()
-        session.execute(
-            insert(Run).values(
-                id=run_id,
-                tenant_id=tenant_id,
-                thread_id=thread_id,
-                status=RunStatus.QUEUED.value,
-                input=request.input,
-                input_event_seq=seq,
-                requested_agent=request.agent,
-                requested_pattern=request.pattern,
-                multitask=request.multitask,
-                idempotency_key=request.idempotency_key,
-                request_hash=request.request_hash,
-                deadline_at=request.deadline_at,
-                limits=request.limits,
-                usage={},
-                guards=[],
-                cost_usd=0.0,
-                cancel_requested=False,
-                version=1,
-                created_at=now,
-            )
+        sql.run(
+            session,
+            _INSERT_RUN,
+            {
+                "id": run_id,
+                "tenant_id": tenant_id,
+                "thread_id": thread_id,
+                "status": RunStatus.QUEUED.value,
+                "input": request.input,
+                "input_event_seq": seq,
+                "requested_agent": request.agent,
+                "requested_pattern": request.pattern,
+                "multitask": request.multitask,
+                "idempotency_key": request.idempotency_key,
+                "request_hash": request.request_hash,
+                "deadline_at": request.deadline_at,
+                "limits": request.limits,
+                "usage": {},
+                "guards": [],
+                "cost_usd": 0.0,
+                "cancel_requested": False,
+                "version": 1,
+                "created_at": now,
+            },
         )
-        session.execute(
-            insert(OrchestrationContext).values(
-                id=new_id(),
-                tenant_id=tenant_id,
-                run_id=run_id,
-                cursor_seq=0,
-                token_budget=token_budget,
-                tokens_used=0,
-                summarized_through_seq=0,
-                has_feedback=False,
-                archived=False,
-                created_at=now,
-                updated_at=now,
-            )
+        sql.run(
+            session,
+            _INSERT_CONTEXT,
+            {
+                "id": new_id(),
+                "tenant_id": tenant_id,
+                "run_id": run_id,
+                "cursor_seq": 0,
+                "token_budget": token_budget,
+                "tokens_used": 0,
+                "summarized_through_seq": 0,
+                "has_feedback": False,
+                "archived": False,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         interrupted = None
         interrupt = active is not None and request.multitask == "interrupt"

@@ -13,13 +13,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Update, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from podium.events import call_lost_error
+from podium.lifecycle import sql
 from podium.lifecycle.finish import EndedByCall, end_with_call
 from podium.lifecycle.snapshot import CallView
 from podium.lifecycle.threads import append_event
@@ -87,10 +89,39 @@ def _claimed(row: Any) -> ClaimedCall:
     )
 
 
+_calls = sql.table(AgentCall)
+_runs = sql.table(Run)
+
+
 def _run_column(column: Any) -> Any:
     """A column of the call's run, as a scalar subquery of an ``agent_calls`` statement
     (SQLite's RETURNING may not name another table, but may hold a subquery)."""
-    return select(column).where(Run.id == AgentCall.run_id).scalar_subquery()
+    return select(column).where(_runs.c.id == _calls.c.run_id).scalar_subquery()
+
+
+_CLAIM = (
+    update(_calls)
+    .where(
+        _calls.c.id == bindparam("p_call_id"),
+        _calls.c.status == CallStatus.PENDING.value,
+        exists().where(
+            _runs.c.id == _calls.c.run_id,
+            _runs.c.status.not_in(_TERMINAL_RUN),
+            _runs.c.cancel_requested.is_(False),
+        ),
+    )
+    .values(
+        status=CallStatus.RUNNING.value,
+        attempts=_calls.c.attempts + 1,
+        started_at=bindparam("p_now", type_=_calls.c.started_at.type),
+    )
+    .returning(
+        *_calls.c,
+        _run_column(_runs.c.thread_id).label("run_thread_id"),
+        _run_column(_runs.c.input).label("run_input"),
+        _run_column(_runs.c.input_event_seq).label("run_input_event_seq"),
+    )
+)
 
 
 def claim(
@@ -100,33 +131,8 @@ def claim(
     ``read(session, claimed)`` reads for it in the same short transaction (the worker's
     context). None: not claimed (some other delivery did, or there is nothing to do); see
     ``take_over`` for running calls."""
-    run_open = exists().where(
-        Run.id == AgentCall.run_id,
-        Run.status.not_in(_TERMINAL_RUN),
-        Run.cancel_requested.is_(False),
-    )
     with owned_transaction(runtime) as tx:
-        row = (
-            tx.session.connection()
-            .execute(
-                update(AgentCall)
-                .where(
-                    AgentCall.id == call_id, AgentCall.status == CallStatus.PENDING.value, run_open
-                )
-                .values(
-                    status=CallStatus.RUNNING.value,
-                    attempts=AgentCall.attempts + 1,
-                    started_at=utcnow(),
-                )
-                .returning(
-                    *AgentCall.__table__.c,
-                    _run_column(Run.thread_id).label("run_thread_id"),
-                    _run_column(Run.input).label("run_input"),
-                    _run_column(Run.input_event_seq).label("run_input_event_seq"),
-                )
-            )
-            .first()
-        )
+        row = sql.run(tx.session, _CLAIM, {"p_call_id": call_id, "p_now": utcnow()}).first()
         if row is None:
             return None
         claimed = _claimed(row)
@@ -346,6 +352,21 @@ class Committed:
     ended: EndedByCall | None = None
 
 
+@cache
+def _commit_statement(keys: frozenset[str]) -> Update:
+    """``running ->`` its end, setting the result's columns ``keys`` (one statement per set)."""
+    return (
+        update(_calls)
+        .where(_calls.c.id == bindparam("p_call_id"), _calls.c.status == CallStatus.RUNNING.value)
+        .values(
+            {
+                key: bindparam(f"p_{key}", type_=_calls.c[key].type)
+                for key in sorted(keys | {"finished_at", "message_event_id"})
+            }
+        )
+    )
+
+
 def commit(
     runtime: Runtime, call: CallView, result: CallResult, answer: str | None
 ) -> Committed | None:
@@ -359,12 +380,17 @@ def commit(
     # The answer's event id is chosen first, so the call and its message are written with
     # one statement each.
     event_id = new_id() if answer else None
+    columns = result.columns()
     with owned_transaction(runtime) as tx:
         session = tx.session.connection()
         won = session.execute(
-            update(AgentCall)
-            .where(AgentCall.id == call.id, AgentCall.status == CallStatus.RUNNING.value)
-            .values(finished_at=utcnow(), message_event_id=event_id, **result.columns())
+            _commit_statement(frozenset(columns)),
+            {
+                **{f"p_{key}": value for key, value in columns.items()},
+                "p_call_id": call.id,
+                "p_finished_at": utcnow(),
+                "p_message_event_id": event_id,
+            },
         ).rowcount
         if not won:
             return None

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     String,
+    Update,
+    bindparam,
     case,
     cast,
     exists,
@@ -27,9 +29,9 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.sql import Select
 
 from podium.decisions import DecisionOutcome
+from podium.lifecycle import sql
 from podium.lifecycle.plan import RunEnd
 from podium.lifecycle.run_state import OPEN_CALLS
 from podium.lifecycle.snapshot import CallView
@@ -81,13 +83,102 @@ class Totals:
         return self.input_tokens + self.output_tokens + self.orchestrator_tokens
 
 
-def _calls_totals(run_id: str) -> Select[int, int, float]:
-    """The run's calls' tokens and cost, summed."""
-    return select(
-        func.coalesce(func.sum(AgentCall.input_tokens), 0),
-        func.coalesce(func.sum(AgentCall.output_tokens), 0),
-        func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
-    ).where(AgentCall.run_id == run_id)
+_calls = sql.table(AgentCall)
+_runs = sql.table(Run)
+_threads = sql.table(Thread)
+_contexts = sql.table(OrchestrationContext)
+_decisions = sql.table(OrchestrationDecision)
+
+# The run's calls' tokens and cost, summed; with its Orchestrator agent's tokens.
+_CALLS_TOTALS = select(
+    func.coalesce(func.sum(_calls.c.input_tokens), 0),
+    func.coalesce(func.sum(_calls.c.output_tokens), 0),
+    func.coalesce(func.sum(_calls.c.cost_usd), 0.0),
+).where(_calls.c.run_id == bindparam("p_run_id"))
+_TOTALS_AND_CONTEXT = _CALLS_TOTALS.add_columns(
+    select(_contexts.c.tokens_used)
+    .where(_contexts.c.run_id == bindparam("p_run_id"))
+    .scalar_subquery()
+)
+
+# The thread is let go (if this run held it) and its next queued run found, in one statement.
+_RELEASE_THREAD = (
+    update(_threads)
+    .where(_threads.c.id == bindparam("p_thread_id"))
+    .values(
+        active_run_id=case(
+            (_threads.c.active_run_id == bindparam("p_run_id"), None),
+            else_=_threads.c.active_run_id,
+        )
+    )
+    .returning(
+        select(_runs.c.id)
+        .where(
+            _runs.c.thread_id == bindparam("p_thread_id"),
+            _runs.c.status == RunStatus.QUEUED.value,
+            _runs.c.id != bindparam("p_run_id"),
+        )
+        .order_by(_runs.c.created_at, _runs.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+)
+
+# A run ended by its call: the guard and the end in one statement.
+_END_BY_CALL = (
+    update(_runs)
+    .where(
+        _runs.c.id == bindparam("p_run_id"),
+        _runs.c.status == RunStatus.RUNNING.value,
+        _runs.c.cancel_requested.is_(False),
+        or_(_runs.c.deadline_at.is_(None), _runs.c.deadline_at > bindparam("p_now")),
+        ~exists().where(_calls.c.run_id == _runs.c.id, _calls.c.status.in_(OPEN_CALLS)),
+    )
+    .values(
+        version=_runs.c.version + 1,
+        **{
+            key: bindparam(f"p_{key}", type_=_runs.c[key].type)
+            for key in ("status", "error", "finished_at", "step", "cost_usd", "usage", "output")
+        },
+    )
+    .returning(_runs.c.thread_id, _runs.c.guards, _runs.c.pattern, _runs.c.created_at)
+)
+
+_SET_CONTEXT_OUTCOME = (
+    update(_contexts)
+    .where(_contexts.c.run_id == bindparam("p_run_id"))
+    .values(
+        outcome=bindparam("p_outcome", type_=_contexts.c.outcome.type),
+        updated_at=bindparam("p_now", type_=_contexts.c.updated_at.type),
+    )
+)
+
+
+@cache
+def _decision_outcomes(postgres: bool) -> Update:
+    """The run's decisions still open get their outcome: the plan the call executed counts it.
+    An open outcome is SQL NULL or JSON null, as it was written. A JSON value inside the CASE:
+    PostgreSQL needs the cast to type it; SQLite has no JSON type to cast to (its CAST would
+    make a number of it)."""
+    outcome = _decisions.c.actual_outcome
+
+    def json_param(name: str) -> Any:
+        param = bindparam(name, type_=JSON)
+        return cast(param, JSON) if postgres else type_coerce(param, JSON)
+
+    return (
+        update(_decisions)
+        .where(
+            _decisions.c.run_id == bindparam("p_run_id"),
+            or_(outcome.is_(None), cast(outcome, String) == "null"),
+        )
+        .values(
+            actual_outcome=case(
+                (_decisions.c.seq == bindparam("p_seq"), json_param("p_counted")),
+                else_=json_param("p_uncounted"),
+            )
+        )
+    )
 
 
 def _end_values(end: RunEnd, totals: Totals, now: datetime) -> dict[str, Any]:
@@ -133,7 +224,7 @@ def finish(
             content=end.output,
             run_id=run.run_id,
         )
-    tokens_in, tokens_out, cost = session.execute(_calls_totals(run.run_id)).one()
+    tokens_in, tokens_out, cost = session.execute(_CALLS_TOTALS, {"p_run_id": run.run_id}).one()
     totals = Totals(int(tokens_in), int(tokens_out), float(cost), int(orchestrator_tokens or 0))
     session.execute(update(Run).where(Run.id == run.run_id).values(**_end_values(end, totals, now)))
     _hand_on(runtime, tx, run, end, totals, emit)
@@ -144,30 +235,11 @@ def _hand_on(
 ) -> None:
     """After the run's row ended: its thread to the next queued run, the learner told, the
     tenant's reservation settled after the commit, the end event."""
-    session = tx.session.connection()
-    # The thread is let go (if this run held it) and its next queued run found, in one
-    # statement.
-    next_queued = (
-        select(Run.id)
-        .where(
-            Run.thread_id == run.thread_id,
-            Run.status == RunStatus.QUEUED.value,
-            Run.id != run.run_id,
-        )
-        .order_by(Run.created_at, Run.id)
-        .limit(1)
-        .scalar_subquery()
+    next_run = (
+        tx.session.connection()
+        .execute(_RELEASE_THREAD, {"p_thread_id": run.thread_id, "p_run_id": run.run_id})
+        .scalar()
     )
-    next_run = session.execute(
-        update(Thread)
-        .where(Thread.id == run.thread_id)
-        .values(
-            active_run_id=case(
-                (Thread.active_run_id == run.run_id, None), else_=Thread.active_run_id
-            )
-        )
-        .returning(next_queued)
-    ).scalar()
     if next_run is not None:
         tx.send(AdvanceRun(run_id=next_run, reason="thread.released"))
     tx.send(RunCompleted(run_id=run.run_id, tenant_id=run.tenant_id, status=end.status.value))
@@ -184,14 +256,6 @@ def _hand_on(
         usage=totals.usage,
         note=end.note,
     )
-
-
-def _json(runtime: Runtime, value: dict[str, Any]) -> Any:
-    """A JSON value inside an expression: PostgreSQL needs the cast to type the CASE; SQLite
-    has no JSON type to cast to (its CAST would make a number of it)."""
-    if runtime.db.is_postgres:
-        return cast(value, JSON)
-    return type_coerce(value, JSON)
 
 
 @dataclass(frozen=True)
@@ -215,62 +279,39 @@ def end_with_call(runtime: Runtime, tx: Tx, call: CallView, output: str) -> Ende
     session = tx.session.connection()
     now = utcnow()
     end = RunEnd(RunStatus.COMPLETED, output=output)
-    context_tokens = (
-        select(OrchestrationContext.tokens_used)
-        .where(OrchestrationContext.run_id == call.run_id)
-        .scalar_subquery()
-    )
     tokens_in, tokens_out, cost, orchestrator_tokens = session.execute(
-        _calls_totals(call.run_id).add_columns(context_tokens)
+        _TOTALS_AND_CONTEXT, {"p_run_id": call.run_id}
     ).one()
     totals = Totals(int(tokens_in), int(tokens_out), float(cost), int(orchestrator_tokens or 0))
-    # The guard and the run's end in one statement.
-    others_open = exists().where(AgentCall.run_id == Run.id, AgentCall.status.in_(OPEN_CALLS))
+    values = _end_values(end, totals, now)
     row = session.execute(
-        update(Run)
-        .where(
-            Run.id == call.run_id,
-            Run.status == RunStatus.RUNNING.value,
-            Run.cancel_requested.is_(False),
-            or_(Run.deadline_at.is_(None), Run.deadline_at > now),
-            ~others_open,
-        )
-        .values(version=Run.version + 1, **_end_values(end, totals, now))
-        .returning(Run.thread_id, Run.guards, Run.pattern, Run.created_at)
+        _END_BY_CALL,
+        {"p_run_id": call.run_id, "p_now": now, **{f"p_{k}": v for k, v in values.items()}},
     ).first()
     if row is None:
         return None
     thread_id, guards, pattern, created_at = row
-    # The decisions still open get their outcome (one statement): the plan this call
-    # executed counts it. An open outcome is SQL NULL or JSON null, as it was written.
-    counted = DecisionOutcome(status=end.status.value, agent_calls=1).as_dict()
-    uncounted = DecisionOutcome(status=end.status.value, agent_calls=0).as_dict()
-    outcome = OrchestrationDecision.actual_outcome
     session.execute(
-        update(OrchestrationDecision)
-        .where(
-            OrchestrationDecision.run_id == call.run_id,
-            or_(outcome.is_(None), cast(outcome, String) == "null"),
-        )
-        .values(
-            actual_outcome=case(
-                (OrchestrationDecision.seq == call.decision_seq, _json(runtime, counted)),
-                else_=_json(runtime, uncounted),
-            )
-        )
+        _decision_outcomes(runtime.db.is_postgres),
+        {
+            "p_run_id": call.run_id,
+            "p_seq": call.decision_seq,
+            "p_counted": DecisionOutcome(status=end.status.value, agent_calls=1).as_dict(),
+            "p_uncounted": DecisionOutcome(status=end.status.value, agent_calls=0).as_dict(),
+        },
     )
     session.execute(
-        update(OrchestrationContext)
-        .where(OrchestrationContext.run_id == call.run_id)
-        .values(
-            outcome={
+        _SET_CONTEXT_OUTCOME,
+        {
+            "p_run_id": call.run_id,
+            "p_now": now,
+            "p_outcome": {
                 "status": end.status.value,
                 "error": None,
                 "note": None,
                 "guards": list(guards or []),
             },
-            updated_at=now,
-        )
+        },
     )
     events: list[tuple[str, dict[str, Any]]] = []
     _hand_on(

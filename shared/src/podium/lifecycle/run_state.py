@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, true, update
+from sqlalchemy import bindparam, select, true, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from podium.lifecycle import sql
 from podium.store import (
     TERMINAL_RUN_STATUSES,
     CallStatus,
@@ -16,21 +18,34 @@ TERMINAL = [s.value for s in TERMINAL_RUN_STATUSES]
 OPEN_CALLS = [CallStatus.PENDING.value, CallStatus.RUNNING.value]
 
 
-def thread_and_unfinished(session: Session, thread_id: str) -> tuple[bool, tuple[str, str] | None]:
-    """Whether the thread exists (in the session's tenant), and its oldest unfinished run:
-    (id, status); one query."""
-    oldest = (
-        select(Run.id, Run.status)
-        .where(Run.thread_id == thread_id, Run.status.not_in(TERMINAL))
-        .order_by(Run.created_at, Run.id)
-        .limit(1)
-        .subquery()
+_runs = sql.table(Run)
+_threads = sql.table(Thread)
+_oldest = (
+    select(_runs.c.id, _runs.c.status)
+    .where(
+        _runs.c.thread_id == bindparam("thread_id"),
+        _runs.c.tenant_id == bindparam("tenant_id"),
+        _runs.c.status.not_in(TERMINAL),
     )
-    row = session.execute(
-        select(Thread.id, oldest.c.id, oldest.c.status)
-        .select_from(Thread)
-        .outerjoin(oldest, true())
-        .where(Thread.id == thread_id)
+    .order_by(_runs.c.created_at, _runs.c.id)
+    .limit(1)
+    .subquery()
+)
+_THREAD_AND_UNFINISHED = (
+    select(_threads.c.id, _oldest.c.id, _oldest.c.status)
+    .select_from(_threads)
+    .outerjoin(_oldest, true())
+    .where(_threads.c.id == bindparam("thread_id"), _threads.c.tenant_id == bindparam("tenant_id"))
+)
+
+
+def thread_and_unfinished(
+    session: Session | Connection, tenant_id: str, thread_id: str
+) -> tuple[bool, tuple[str, str] | None]:
+    """Whether the thread exists (in ``tenant_id``), and its oldest unfinished run:
+    (id, status); one query."""
+    row = sql.run(
+        session, _THREAD_AND_UNFINISHED, {"thread_id": thread_id, "tenant_id": tenant_id}
     ).first()
     if row is None:
         return False, None

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import bindparam, exists, select
+from sqlalchemy.orm import Session
 
 from podium.decisions import Decision
+from podium.lifecycle import sql
 from podium.store import (
     TERMINAL_CALL_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -186,6 +187,49 @@ def _run_state(run: Any) -> RunState:
     )
 
 
+_runs = sql.table(Run)
+_contexts = sql.table(OrchestrationContext)
+_threads = sql.table(Thread)
+_calls = sql.table(AgentCall)
+_decisions = sql.table(OrchestrationDecision)
+_older = _runs.alias("older")
+
+# The run, its context, its thread, the thread's oldest unfinished run and whether the run has
+# decisions: one query, built once.
+_RUN_ROW = (
+    select(
+        *_runs.c,
+        *(c.label(f"ctx_{c.name}") for c in _contexts.c),
+        _threads.c.last_agent.label("thread_last_agent"),
+        _threads.c.active_run_id.label("thread_owner"),
+        select(_older.c.id)
+        .where(
+            _older.c.thread_id == _runs.c.thread_id,
+            _older.c.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
+        )
+        .order_by(_older.c.created_at, _older.c.id)
+        .limit(1)
+        .scalar_subquery()
+        .label("thread_oldest_open"),
+        exists().where(_decisions.c.context_id == _contexts.c.id).label("has_decisions"),
+    )
+    .select_from(_runs)
+    .join(_contexts, _contexts.c.run_id == _runs.c.id)
+    .join(_threads, _threads.c.id == _runs.c.thread_id)
+    .where(_runs.c.id == bindparam("p_run_id"))
+)
+_CALLS = (
+    select(_calls)
+    .where(_calls.c.run_id == bindparam("p_run_id"))
+    .order_by(_calls.c.created_at, _calls.c.id)
+)
+_DECISIONS = (
+    select(_decisions)
+    .where(_decisions.c.context_id == bindparam("p_context_id"))
+    .order_by(_decisions.c.seq)
+)
+
+
 def load_snapshot(db: Database, run_id: str) -> RunSnapshot | None:
     """The run as it stands, or None if it does not exist (a short read)."""
     with db.read() as session:
@@ -198,32 +242,7 @@ def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
     thread, the thread's oldest unfinished run and whether it has decisions; then its calls
     (none for a queued run) and its decisions (when it has some)."""
     conn = session.connection()
-    context = OrchestrationContext.__table__
-    older = aliased(Run)
-    oldest_open = (
-        select(older.id)
-        .where(
-            older.thread_id == Run.thread_id,
-            older.status.not_in([s.value for s in TERMINAL_RUN_STATUSES]),
-        )
-        .order_by(older.created_at, older.id)
-        .limit(1)
-        .scalar_subquery()
-    )
-    row = conn.execute(
-        select(
-            *Run.__table__.c,
-            *(c.label(f"ctx_{c.name}") for c in context.c),
-            Thread.last_agent.label("thread_last_agent"),
-            Thread.active_run_id.label("thread_owner"),
-            oldest_open.label("thread_oldest_open"),
-            exists().where(OrchestrationDecision.context_id == context.c.id).label("has_decisions"),
-        )
-        .select_from(Run.__table__)
-        .join(context, context.c.run_id == Run.id)
-        .join(Thread, Thread.id == Run.thread_id)
-        .where(Run.id == run_id)
-    ).first()
+    row = conn.execute(_RUN_ROW, {"p_run_id": run_id}).first()
     if row is None:
         return None
     state = _run_state(row)
@@ -233,22 +252,10 @@ def read_snapshot(session: Session, run_id: str) -> RunSnapshot | None:
     # A queued run has never started, so it has no calls yet (only admission makes a run
     # queued): its first step skips that read.
     calls = (
-        []
-        if state.status == RunStatus.QUEUED
-        else conn.execute(
-            select(AgentCall.__table__)
-            .where(AgentCall.run_id == run_id)
-            .order_by(AgentCall.created_at, AgentCall.id)
-        ).all()
+        [] if state.status == RunStatus.QUEUED else conn.execute(_CALLS, {"p_run_id": run_id}).all()
     )
     decisions = (
-        conn.execute(
-            select(OrchestrationDecision.__table__)
-            .where(OrchestrationDecision.context_id == ctx.id)
-            .order_by(OrchestrationDecision.seq)
-        ).all()
-        if row.has_decisions
-        else []
+        conn.execute(_DECISIONS, {"p_context_id": ctx.id}).all() if row.has_decisions else []
     )
     free = row.thread_owner in (None, row.id)
     if free and state.status == RunStatus.QUEUED:

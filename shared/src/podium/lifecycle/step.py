@@ -5,12 +5,14 @@ the step plans again)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Update, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from podium.decisions import Decision, DecisionOutcome
+from podium.lifecycle import sql
 from podium.lifecycle.finish import RunRef, finish
 from podium.lifecycle.plan import NewCall, StepPlan
 from podium.lifecycle.run_state import TERMINAL
@@ -49,6 +51,57 @@ class _Abort(Exception):
         self.reason = reason
 
 
+_runs = sql.table(Run)
+_threads = sql.table(Thread)
+_contexts = sql.table(OrchestrationContext)
+_INSERT_DECISIONS = insert(sql.table(OrchestrationDecision))
+_INSERT_CALLS = insert(sql.table(AgentCall))
+
+
+@cache
+def _step_statement(keys: frozenset[str]) -> Update:
+    """The run moves to its next version, setting ``keys``, if it is still at the version the
+    step planned on (one statement per set of keys, built once)."""
+    return (
+        update(_runs)
+        .where(
+            _runs.c.id == bindparam("p_run_id"),
+            _runs.c.version == bindparam("p_seen_version"),
+            _runs.c.status.not_in(TERMINAL),
+        )
+        .values({key: bindparam(f"p_{key}", type_=_runs.c[key].type) for key in sorted(keys)})
+        .returning(_runs.c.guards, _runs.c.awaiting, _runs.c.created_at)
+    )
+
+
+_TAKE_THREAD = (
+    update(_threads)
+    .where(
+        _threads.c.id == bindparam("p_thread_id"),
+        (_threads.c.active_run_id.is_(None)) | (_threads.c.active_run_id == bindparam("p_run_id")),
+    )
+    .values(active_run_id=bindparam("p_run_id"))
+    .returning(_threads.c.event_count)
+)
+
+
+@cache
+def _context_statement(keys: frozenset[str]) -> Update:
+    """The step's change to its context (``tokens_used``: tokens added), returning the
+    Orchestrator agent's tokens so far."""
+    values: dict[str, Any] = {
+        key: bindparam(f"p_{key}", type_=_contexts.c[key].type) for key in sorted(keys)
+    }
+    if "tokens_used" in keys:
+        values["tokens_used"] = _contexts.c.tokens_used + values["tokens_used"]
+    return (
+        update(_contexts)
+        .where(_contexts.c.id == bindparam("p_context_id"))
+        .values(values)
+        .returning(_contexts.c.tokens_used)
+    )
+
+
 def apply_step(runtime: Runtime, plan: StepPlan) -> StepApplied:
     """Write what a step decided, if the run is still at ``plan.version``."""
     if not plan.writes:
@@ -75,10 +128,12 @@ def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     if plan.hold:
         values.update(status=RunStatus.BUDGET_HOLD.value, step="budget_hold")
     current = session.execute(
-        update(Run)
-        .where(Run.id == plan.run_id, Run.version == plan.version, Run.status.not_in(TERMINAL))
-        .values(**values)
-        .returning(Run.guards, Run.awaiting, Run.created_at)
+        _step_statement(frozenset(values)),
+        {
+            **{f"p_{key}": value for key, value in values.items()},
+            "p_run_id": plan.run_id,
+            "p_seen_version": plan.version,
+        },
     ).first()
     if current is None:
         raise _Abort("stale")
@@ -139,13 +194,7 @@ def _take_thread(session: Connection, plan: StepPlan) -> int | None:
     first in line; taking the thread is what guards it). The thread's event count, or None
     if another run holds it."""
     taken = session.execute(
-        update(Thread)
-        .where(
-            Thread.id == plan.thread_id,
-            (Thread.active_run_id.is_(None)) | (Thread.active_run_id == plan.run_id),
-        )
-        .values(active_run_id=plan.run_id)
-        .returning(Thread.event_count)
+        _TAKE_THREAD, {"p_thread_id": plan.thread_id, "p_run_id": plan.run_id}
     ).first()
     return None if taken is None else int(taken[0])
 
@@ -157,7 +206,7 @@ def record_decisions(
         return
     now = utcnow()
     session.execute(
-        insert(OrchestrationDecision),
+        _INSERT_DECISIONS,
         [
             {
                 "id": new_id(),
@@ -216,7 +265,7 @@ def _insert_calls(tx: Tx, plan: StepPlan, thread_events: int | None) -> None:
                 )
             until_seq = until[call.thread_id]
         rows.append(_call_row(plan, call, until_seq))
-    session.execute(insert(AgentCall), rows)
+    session.execute(_INSERT_CALLS, rows)
     for call in plan.calls:
         tx.send(
             SubmitAgentCall(
@@ -300,7 +349,7 @@ def _update_context(
     if cursor is not None:
         values["cursor_seq"] = cursor
     if change.tokens_added:
-        values["tokens_used"] = OrchestrationContext.tokens_used + change.tokens_added
+        values["tokens_used"] = change.tokens_added
     if change.summarized_through_seq is not None:
         values["summary"] = change.summary
         values["summarized_through_seq"] = change.summarized_through_seq
@@ -308,9 +357,7 @@ def _update_context(
         return None
     values["updated_at"] = utcnow()
     tokens: int | None = session.scalar(
-        update(OrchestrationContext)
-        .where(OrchestrationContext.id == context_id)
-        .values(**values)
-        .returning(OrchestrationContext.tokens_used)
+        _context_statement(frozenset(values)),
+        {**{f"p_{key}": value for key, value in values.items()}, "p_context_id": context_id},
     )
     return tokens

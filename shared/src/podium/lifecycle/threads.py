@@ -3,15 +3,34 @@ inside a lifecycle transition."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Update, bindparam, insert, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from podium.lifecycle import sql
 from podium.lifecycle.tx import owned_transaction
 from podium.runtime import Runtime
 from podium.store.models import Thread, ThreadEvent, new_id, utcnow
+
+_threads = sql.table(Thread)
+_INSERT_EVENT = insert(sql.table(ThreadEvent))
+
+
+@cache
+def _next_seq_statement(keys: frozenset[str]) -> Update:
+    """The seq-reserving UPDATE that also sets the thread columns ``keys`` (one per set)."""
+    return (
+        update(_threads)
+        .where(_threads.c.id == bindparam("p_thread_id"))
+        .values(
+            event_count=_threads.c.event_count + 1,
+            **{key: bindparam(f"p_{key}", type_=_threads.c[key].type) for key in sorted(keys)},
+        )
+        .returning(_threads.c.event_count)
+    )
 
 
 def next_seq(
@@ -20,12 +39,10 @@ def next_seq(
     """Reserve the next event seq of a thread (and set ``thread_values`` on it, in the same
     statement). The UPDATE row-locks the thread until commit, so concurrent appends to one
     thread get consecutive, unique seqs on every backend."""
-    seq = session.execute(
-        update(Thread)
-        .where(Thread.id == thread_id)
-        .values(event_count=Thread.event_count + 1, **(thread_values or {}))
-        .returning(Thread.event_count)
-    ).scalar_one_or_none()
+    values = thread_values or {}
+    params = {f"p_{key}": value for key, value in values.items()}
+    params["p_thread_id"] = thread_id
+    seq = sql.run(session, _next_seq_statement(frozenset(values)), params).scalar_one_or_none()
     if seq is None:
         raise LookupError(f"thread {thread_id} does not exist")
     return int(seq)
@@ -51,22 +68,24 @@ def append_event(
     same transaction; ``thread_values``: set on the thread with the seq); returns its id and
     seq."""
     event_id, seq = event_id or new_id(), next_seq(session, thread_id, thread_values)
-    session.execute(
-        insert(ThreadEvent).values(
-            id=event_id,
-            tenant_id=tenant_id,
-            thread_id=thread_id,
-            seq=seq,
-            kind=str(kind),
-            role=role,
-            agent=agent,
-            content=content,
-            run_id=run_id,
-            call_id=call_id,
-            data=data or {},
-            dedupe_key=dedupe_key,
-            created_at=utcnow(),
-        )
+    sql.run(
+        session,
+        _INSERT_EVENT,
+        {
+            "id": event_id,
+            "tenant_id": tenant_id,
+            "thread_id": thread_id,
+            "seq": seq,
+            "kind": str(kind),
+            "role": role,
+            "agent": agent,
+            "content": content,
+            "run_id": run_id,
+            "call_id": call_id,
+            "data": data or {},
+            "dedupe_key": dedupe_key,
+            "created_at": utcnow(),
+        },
     )
     return event_id, seq
 

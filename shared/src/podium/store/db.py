@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -14,6 +14,14 @@ from podium.settings import Settings
 from podium.store import guards
 
 READ_ONLY = "podium_read_only"
+
+
+def table(model: Any) -> Table:
+    """A mapped class's table, typed as one (``__table__`` is typed as any FromClause), for
+    Core statements built once."""
+    found = model.__table__
+    assert isinstance(found, Table)
+    return found
 
 
 def _sqlite_engine(url: str) -> Engine:
