@@ -18,7 +18,7 @@ from podium.lifecycle.threads import create_thread
 from podium.lifecycle.tx import owned_transaction
 from podium.messages import AdvanceRun
 from podium.runtime import Runtime
-from podium.store import OutboxMessage, Run, ThreadEvent, new_id, utcnow
+from podium.store import OutboxMessage, Run, Thread, ThreadEvent, new_id, utcnow
 from tests.support.inproc import direct_run, make_tenant
 
 
@@ -74,3 +74,30 @@ def test_steps_reuse_the_statements_they_built(runtime: Runtime) -> None:
     # Three first steps set the same columns: one statement, built once and reused.
     info = step_module._step_statement.cache_info()
     assert info.currsize == 1 and info.hits == 2
+
+
+def test_another_tenants_run_cannot_be_cancelled(runtime: Runtime) -> None:
+    owner, other = make_tenant(runtime), make_tenant(runtime)
+    run_id, _ = direct_run(runtime, tenant_id=owner)
+    with pytest.raises(NotFound):
+        run_lifecycle.cancel(runtime, other, run_id)
+    with runtime.db.read() as session:
+        run = session.execute(select(Run.cancel_requested, Run.version).where(Run.id == run_id))
+        assert run.one() == (False, 2)
+    assert run_lifecycle.cancel(runtime, owner, run_id) == "running"
+
+
+def test_orm_work_in_a_transaction_commits_with_it(runtime: Runtime) -> None:
+    # A transition that asks for the ORM session gets one joined to the transaction: its
+    # pending rows are written before the commit, and rolled back with it.
+    tenant = make_tenant(runtime)
+    thread = create_thread(runtime, tenant, title="kept", metadata={})
+    with runtime.db.read() as session:
+        assert session.get(Thread, thread.id) is not None
+    with pytest.raises(RuntimeError), owned_transaction(runtime, tenant) as tx:
+        tx.session.add(Thread(tenant_id=tenant, title="dropped", meta={}))
+        tx.session.flush()
+        raise RuntimeError("the transition failed after its ORM write")
+    with runtime.db.read() as session:
+        titles = session.scalars(select(Thread.title).where(Thread.tenant_id == tenant)).all()
+    assert titles == ["kept"]

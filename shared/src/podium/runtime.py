@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from celery import Celery
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from podium.celery_app import make_celery
@@ -23,21 +23,55 @@ from podium.store.scoping import TENANT_KEY
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Tx:
-    """One transaction plus the messages it will send once committed."""
+    """One transaction plus the messages it will send once committed.
 
-    session: Session
-    staged: list[Staged] = field(default_factory=list)
-    # Work for after the commit (never on rollback); a failure is logged, not raised, so
-    # each hook must be repairable from the store (the reaper does that).
-    after_commit: list[Callable[[], object]] = field(default_factory=list)
+    The transaction is ``connection``'s: the lifecycle's hot transitions run their prebuilt
+    statements on it directly. ``session``, an ORM session joined to the same transaction
+    (and scoped to its tenant), is made only when a transition asks for it: most never do,
+    and a session's bookkeeping costs more than their statements."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        sessions: Callable[..., Session],
+        tenant_id: str | None = None,
+    ) -> None:
+        self.connection = connection
+        self.staged: list[Staged] = []
+        # Work for after the commit (never on rollback); a failure is logged, not raised, so
+        # each hook must be repairable from the store (the reaper does that).
+        self.after_commit: list[Callable[[], object]] = []
+        self._sessions = sessions
+        self._tenant_id = tenant_id
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            # Joined to the connection's transaction: the session never commits it (the
+            # transaction's owner does), but its rollback would roll it back.
+            self._session = self._sessions(bind=self.connection)
+            if self._tenant_id is not None:
+                self._session.info[TENANT_KEY] = self._tenant_id
+        return self._session
 
     def send(self, message: Message, queue: str | None = None) -> None:
         target = queue or message.QUEUE
         if target is None:
             raise ValueError(f"{type(message).__name__} needs an explicit queue")
         self.staged.append(stage(message, target))
+
+    def prepare_commit(self) -> None:
+        """The session's pending changes, then the outbox rows, into the transaction."""
+        if self._session is not None:
+            self._session.flush()
+        if self.staged:
+            write_staged(self.connection, self.staged)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
 
 class Runtime:
@@ -84,14 +118,13 @@ class Runtime:
     @contextmanager
     def transaction(self, tenant_id: str | None = None) -> Iterator[Tx]:
         """Commit the work and its outbox rows together, then publish the rows."""
-        with self.db.sessions() as session:
-            if tenant_id is not None:
-                session.info[TENANT_KEY] = tenant_id
-            tx = Tx(session)
-            with session.begin():
+        with self.db.engine.begin() as connection:
+            tx = Tx(connection, self.db.sessions, tenant_id)
+            try:
                 yield tx
-                if tx.staged:
-                    write_staged(session.connection(), tx.staged)
+                tx.prepare_commit()
+            finally:
+                tx.close()
         if tx.staged:
             self.relay.publish(tx.staged)
         for hook in tx.after_commit:

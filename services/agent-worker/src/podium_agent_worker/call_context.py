@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Select, bindparam, func, or_, select
 
 from podium.lifecycle.calls import ClaimedCall
 from podium.llm import ChatMessage
@@ -67,8 +66,8 @@ _IN_RUN_THREAD = _context_query(same_thread=True)
 _IN_OTHER_THREAD = _context_query(same_thread=False)
 
 
-def load_context(session: Session, claimed: ClaimedCall) -> CallContext:
-    """The call's context, read after its claim, in the caller's read session."""
+def load_context(connection: Connection, claimed: ClaimedCall) -> CallContext:
+    """The call's context, read after its claim, on the caller's connection."""
     call = claimed.call
     instructions = str(call.params.get("instructions", ""))
     same_thread = call.thread_id == claimed.run_thread_id
@@ -81,7 +80,7 @@ def load_context(session: Session, claimed: ClaimedCall) -> CallContext:
     if same_thread:
         params |= {"p_input_seq": claimed.run_input_event_seq, "p_run_id": call.run_id}
     query = _IN_RUN_THREAD if same_thread else _IN_OTHER_THREAD
-    events = list(session.connection().execute(query, params))
+    events = list(connection.execute(query, params))
     events.reverse()
     entries = [Entry(e.seq, e.kind, e.role, e.agent, e.content) for e in events]
     return CallContext(instructions, entries, call.task)

@@ -169,7 +169,7 @@ class Executor:
         """The claimed call and its context, in one short read."""
         with self.runtime.db.read() as session:
             claimed = call_lifecycle.load_claimed(session, call_id)
-            return claimed, load_context(session, claimed)
+            return claimed, load_context(session.connection(), claimed)
 
     def _execute(self, claimed: ClaimedCall, context: CallContext) -> str:
         call = claimed.call

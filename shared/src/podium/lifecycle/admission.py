@@ -67,7 +67,7 @@ def admit(
     """Append the prompt to the thread and create its run, queued; or, when the thread's run
     is waiting for the user, the prompt is that answer."""
     with owned_transaction(runtime, tenant_id) as tx:
-        session = tx.session
+        session = tx.connection
         found, active = thread_and_unfinished(session, tenant_id, thread_id)
         if not found:
             raise NotFound("thread", thread_id)
@@ -133,7 +133,7 @@ def admit(
         )
         interrupted = None
         interrupt = active is not None and request.multitask == "interrupt"
-        if active is not None and interrupt and request_cancel(session, active[0]):
+        if active is not None and interrupt and request_cancel(session, tenant_id, active[0]):
             tx.send(AdvanceRun(run_id=active[0], reason="run.cancel"))
             interrupted = active[0]
         tx.send(AdvanceRun(run_id=run_id, reason="run.created"))
@@ -162,7 +162,7 @@ def _answer(tx: Tx, tenant_id: str, thread_id: str, run_id: str, text: str) -> A
 def cancel(runtime: Runtime, tenant_id: str, run_id: str) -> str:
     """Ask a run to stop (idempotent). Returns its status; the next step ends it."""
     with owned_transaction(runtime, tenant_id) as tx:
-        if request_cancel(tx.session, run_id):
+        if request_cancel(tx.connection, tenant_id, run_id):
             tx.send(AdvanceRun(run_id=run_id, reason="run.cancel"))
         row = tx.session.execute(select(Run.status).where(Run.id == run_id)).first()
         if row is None:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Update, bindparam, exists, select, update
+from sqlalchemy import Connection, Update, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,18 +125,18 @@ _CLAIM = (
 
 
 def claim(
-    runtime: Runtime, call_id: str, read: Callable[[Session, ClaimedCall], T]
+    runtime: Runtime, call_id: str, read: Callable[[Connection, ClaimedCall], T]
 ) -> tuple[ClaimedCall, T] | None:
     """``pending -> running``, if the call's run still wants it: the claimed call, and what
-    ``read(session, claimed)`` reads for it in the same short transaction (the worker's
+    ``read(connection, claimed)`` reads for it in the same short transaction (the worker's
     context). None: not claimed (some other delivery did, or there is nothing to do); see
     ``take_over`` for running calls."""
     with owned_transaction(runtime) as tx:
-        row = sql.run(tx.session, _CLAIM, {"p_call_id": call_id, "p_now": utcnow()}).first()
+        row = tx.connection.execute(_CLAIM, {"p_call_id": call_id, "p_now": utcnow()}).first()
         if row is None:
             return None
         claimed = _claimed(row)
-        return claimed, read(tx.session, claimed)
+        return claimed, read(tx.connection, claimed)
 
 
 @dataclass(frozen=True)
@@ -185,35 +185,27 @@ def take_over(runtime: Runtime, call_id: str, attempts: int, *, grace_s: float) 
     yet)."""
     cutoff = utcnow() - timedelta(seconds=grace_s)
     with owned_transaction(runtime) as tx:
-        won = (
-            tx.session.connection()
-            .execute(
-                update(AgentCall)
-                .where(
-                    AgentCall.id == call_id,
-                    AgentCall.status == CallStatus.RUNNING.value,
-                    AgentCall.attempts == attempts,
-                    AgentCall.started_at < cutoff,
-                )
-                .values(attempts=attempts + 1, started_at=utcnow())
+        won = tx.connection.execute(
+            update(AgentCall)
+            .where(
+                AgentCall.id == call_id,
+                AgentCall.status == CallStatus.RUNNING.value,
+                AgentCall.attempts == attempts,
+                AgentCall.started_at < cutoff,
             )
-            .rowcount
-        )
+            .values(attempts=attempts + 1, started_at=utcnow())
+        ).rowcount
     return bool(won)
 
 
 def cancel_open(runtime: Runtime, call_id: str, run_id: str) -> bool:
     """A call whose run was cancelled or ended: cancelled, and the run stepped."""
     with owned_transaction(runtime) as tx:
-        done = (
-            tx.session.connection()
-            .execute(
-                update(AgentCall)
-                .where(AgentCall.id == call_id, AgentCall.status.in_(_OPEN))
-                .values(status=CallStatus.CANCELLED.value, finished_at=utcnow())
-            )
-            .rowcount
-        )
+        done = tx.connection.execute(
+            update(AgentCall)
+            .where(AgentCall.id == call_id, AgentCall.status.in_(_OPEN))
+            .values(status=CallStatus.CANCELLED.value, finished_at=utcnow())
+        ).rowcount
         if done:
             tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
     return bool(done)
@@ -223,23 +215,19 @@ def give_up_lost(runtime: Runtime, call_id: str, run_id: str, attempts: int) -> 
     """A call started ``attempts`` times whose worker was lost each time: failed with
     ``call_lost``, and its run stepped, so its pattern reports the failure cleanly."""
     with owned_transaction(runtime) as tx:
-        failed = (
-            tx.session.connection()
-            .execute(
-                update(AgentCall)
-                .where(
-                    AgentCall.id == call_id,
-                    AgentCall.status == CallStatus.RUNNING.value,
-                    AgentCall.attempts == attempts,
-                )
-                .values(
-                    status=CallStatus.FAILED.value,
-                    error=call_lost_error(attempts),
-                    finished_at=utcnow(),
-                )
+        failed = tx.connection.execute(
+            update(AgentCall)
+            .where(
+                AgentCall.id == call_id,
+                AgentCall.status == CallStatus.RUNNING.value,
+                AgentCall.attempts == attempts,
             )
-            .rowcount
-        )
+            .values(
+                status=CallStatus.FAILED.value,
+                error=call_lost_error(attempts),
+                finished_at=utcnow(),
+            )
+        ).rowcount
         if failed:
             tx.send(AdvanceRun(run_id=run_id, reason="call.finished", call_id=call_id))
     if failed:
@@ -262,7 +250,7 @@ def record_tool_step(
                 (EventKind.TOOL_RESPONSE, response),
             ):
                 append_event(
-                    tx.session,
+                    tx.connection,
                     tenant_id=call.tenant_id,
                     thread_id=call.thread_id,
                     kind=kind,
@@ -286,7 +274,7 @@ def append_summary(
     try:
         with owned_transaction(runtime) as tx:
             _, seq = append_event(
-                tx.session,
+                tx.connection,
                 tenant_id=call.tenant_id,
                 thread_id=call.thread_id,
                 kind=EventKind.SUMMARY,
@@ -382,7 +370,7 @@ def commit(
     event_id = new_id() if answer else None
     columns = result.columns()
     with owned_transaction(runtime) as tx:
-        session = tx.session.connection()
+        session = tx.connection
         won = session.execute(
             _commit_statement(frozenset(columns)),
             {

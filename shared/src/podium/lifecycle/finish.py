@@ -206,7 +206,7 @@ def finish(
     """End the run (its context's outcome was written with the same transaction's context
     change); ``emit(type, **data)`` takes the run's end event, published after the commit."""
     # Core statements on the connection: no ORM bookkeeping on the hot path.
-    session = tx.session.connection()
+    session = tx.connection
     now = utcnow()
     session.execute(
         update(AgentCall)
@@ -235,11 +235,9 @@ def _hand_on(
 ) -> None:
     """After the run's row ended: its thread to the next queued run, the learner told, the
     tenant's reservation settled after the commit, the end event."""
-    next_run = (
-        tx.session.connection()
-        .execute(_RELEASE_THREAD, {"p_thread_id": run.thread_id, "p_run_id": run.run_id})
-        .scalar()
-    )
+    next_run = tx.connection.execute(
+        _RELEASE_THREAD, {"p_thread_id": run.thread_id, "p_run_id": run.run_id}
+    ).scalar()
     if next_run is not None:
         tx.send(AdvanceRun(run_id=next_run, reason="thread.released"))
     tx.send(RunCompleted(run_id=run.run_id, tenant_id=run.tenant_id, status=end.status.value))
@@ -276,7 +274,7 @@ def end_with_call(runtime: Runtime, tx: Tx, call: CallView, output: str) -> Ende
     call open. Otherwise (None) nothing is written here and the caller wakes the
     orchestrator, which decides as usual. The run's version moves on, so a step planned on
     the old state meanwhile is refused and plans again on the ended run."""
-    session = tx.session.connection()
+    session = tx.connection
     now = utcnow()
     end = RunEnd(RunStatus.COMPLETED, output=output)
     tokens_in, tokens_out, cost, orchestrator_tokens = session.execute(

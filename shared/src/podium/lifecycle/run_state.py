@@ -52,13 +52,20 @@ def thread_and_unfinished(
     return True, ((row[1], row[2]) if row[1] is not None else None)
 
 
-def request_cancel(session: Session, run_id: str) -> bool:
-    """Mark a run for cancellation; its next step ends it. Bumps the version, so a step that
-    is deciding meanwhile finds its decision superseded."""
-    result = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status.not_in(TERMINAL), Run.cancel_requested.is_(False))
-        .values(cancel_requested=True, version=Run.version + 1)
-        .execution_options(synchronize_session=False)
+_REQUEST_CANCEL = (
+    update(_runs)
+    .where(
+        _runs.c.id == bindparam("p_run_id"),
+        _runs.c.tenant_id == bindparam("p_tenant_id"),
+        _runs.c.status.not_in(TERMINAL),
+        _runs.c.cancel_requested.is_(False),
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    .values(cancel_requested=True, version=_runs.c.version + 1)
+)
+
+
+def request_cancel(session: Session | Connection, tenant_id: str, run_id: str) -> bool:
+    """Mark a run of ``tenant_id`` for cancellation; its next step ends it. Bumps the
+    version, so a step that is deciding meanwhile finds its decision superseded."""
+    params = {"p_run_id": run_id, "p_tenant_id": tenant_id}
+    return bool(sql.run(session, _REQUEST_CANCEL, params).rowcount)

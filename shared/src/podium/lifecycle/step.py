@@ -115,7 +115,7 @@ def apply_step(runtime: Runtime, plan: StepPlan) -> StepApplied:
 
 def _apply(runtime: Runtime, tx: Tx, plan: StepPlan) -> StepApplied:
     # Core statements on the connection: no ORM bookkeeping on the hot path.
-    session = tx.session.connection()
+    session = tx.connection
     now = utcnow()
     values: dict[str, Any] = {"version": plan.version + 1}
     if plan.start:
@@ -235,7 +235,7 @@ def _insert_calls(tx: Tx, plan: StepPlan, thread_events: int | None) -> None:
     if not plan.calls:
         return
     # Core statements on the connection: no ORM bookkeeping on the hot path.
-    session = tx.session.connection()
+    session = tx.connection
     until: dict[str, int] = {} if thread_events is None else {plan.thread_id: thread_events}
     rows = []
     for call in plan.calls:

@@ -193,7 +193,7 @@ def unavailable(component: str, detail: str | None = None) -> ApiError:
     )
 
 
-def require_available(request: Request) -> None:
+async def require_available(request: Request) -> None:
     """Admission guard: refuse new work (503 + Retry-After) while the store or the broker is
     known to be down, instead of accepting work that cannot be enqueued or persisted."""
     probe: HealthProbe | None = getattr(request.app.state, "health_probe", None)
