@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, and_, bindparam, exists, insert, select, update
 
 from podium.lifecycle import sql
 from podium.lifecycle.errors import Conflict, NotFound
@@ -16,15 +16,20 @@ from podium.lifecycle.run_state import TERMINAL, request_cancel, thread_and_unfi
 from podium.lifecycle.threads import append_event
 from podium.lifecycle.tx import owned_transaction
 from podium.messages import AdvanceRun
+from podium.outbox import stage
 from podium.runtime import Runtime, Tx
 from podium.store import (
     EventKind,
     OrchestrationContext,
+    OutboxMessage,
     Run,
     RunStatus,
+    Thread,
+    ThreadEvent,
     new_id,
     utcnow,
 )
+from podium.store.guards import owner_writes
 
 # --- admission --------------------------------------------------------------------------------
 
@@ -66,6 +71,12 @@ def admit(
 ) -> Admitted:
     """Append the prompt to the thread and create its run, queued; or, when the thread's run
     is waiting for the user, the prompt is that answer."""
+    if runtime.db.is_postgres:
+        admitted = _admit_in_one_statement(
+            runtime, tenant_id, thread_id, request, run_id, token_budget
+        )
+        if admitted is not None:
+            return admitted
     with owned_transaction(runtime, tenant_id) as tx:
         session = tx.connection
         found, active = thread_and_unfinished(session, tenant_id, thread_id)
@@ -138,6 +149,215 @@ def admit(
             interrupted = active[0]
         tx.send(AdvanceRun(run_id=run_id, reason="run.created"))
         return Admitted(run_id, RunStatus.QUEUED.value, thread_id, interrupted_run_id=interrupted)
+
+
+# --- admission in one statement (PostgreSQL) --------------------------------------------------
+#
+# The common admission, a thread with no unfinished run in the way, as one statement in its
+# own transaction: one round trip instead of BEGIN, six statements and COMMIT. Its writes are
+# data-modifying CTEs that all hang on the thread's seq reservation (``seq``): when the thread
+# is missing, or its unfinished run needs more than a queued run behind it (an answer, a
+# refusal, an interrupt), that UPDATE matches nothing, nothing is written, and the caller
+# takes the general transaction above, which decides those cases. Like that transaction, the
+# statement sees the unfinished run as of its start and then row-locks the thread.
+
+_threads = sql.table(Thread)
+_runs = sql.table(Run)
+_events = sql.table(ThreadEvent)
+_contexts = sql.table(OrchestrationContext)
+_outbox = sql.table(OutboxMessage)
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(f"p_{name}", type_=column.type)
+
+
+def _one_statement_admission() -> Select[Any]:
+    thread_id, tenant_id = (
+        _param("thread_id", _runs.c.thread_id),
+        _param("tenant_id", _runs.c.tenant_id),
+    )
+    now = _param("now", _runs.c.created_at)
+    busy = (
+        select(_runs.c.id, _runs.c.status)
+        .where(
+            _runs.c.thread_id == thread_id,
+            _runs.c.tenant_id == tenant_id,
+            _runs.c.status.not_in(TERMINAL),
+        )
+        .order_by(_runs.c.created_at, _runs.c.id)
+        .limit(1)
+        .cte("busy")
+    )
+    # Queued behind an unfinished run is what ``enqueue`` asks for, unless that run awaits
+    # the user (then this input is its answer).
+    in_the_way = ~and_(
+        _param("multitask", _runs.c.multitask) == "enqueue",
+        busy.c.status != RunStatus.AWAITING_INPUT.value,
+    )
+    seq = (
+        update(_threads)
+        .where(
+            _threads.c.id == _param("thread_id", _threads.c.id),
+            _threads.c.tenant_id == _param("tenant_id", _threads.c.tenant_id),
+            ~exists(select(busy.c.id).where(in_the_way)),
+        )
+        # Column onupdate defaults are not applied inside a CTE: updated_at is set here.
+        .values(event_count=_threads.c.event_count + 1, updated_at=now)
+        .returning(_threads.c.event_count.label("seq"))
+        .cte("seq")
+    )
+
+    def insert_from_seq(table: Any, name: str, values: dict[str, Any]) -> Any:
+        columns = list(values)
+        return (
+            insert(table)
+            .from_select(columns, select(*(values[c].label(c) for c in columns)).select_from(seq))
+            .cte(name)
+        )
+
+    def p(table: Any, *names: str) -> dict[str, Any]:
+        return {n: bindparam(f"p_{table.name}_{n}", type_=table.c[n].type) for n in names}
+
+    event = insert_from_seq(
+        _events,
+        "event",
+        {
+            **p(_events, "id", "kind", "role", "content", "data"),
+            "tenant_id": _param("tenant_id", _events.c.tenant_id),
+            "thread_id": _param("thread_id", _events.c.thread_id),
+            "run_id": _param("run_id", _events.c.run_id),
+            "seq": seq.c.seq,
+            "created_at": now,
+        },
+    )
+    run = insert_from_seq(
+        _runs,
+        "run",
+        {
+            **p(
+                _runs,
+                "status",
+                "input",
+                "requested_agent",
+                "requested_pattern",
+                "multitask",
+                "idempotency_key",
+                "request_hash",
+                "deadline_at",
+                "limits",
+                "usage",
+                "guards",
+                "cost_usd",
+                "cancel_requested",
+                "version",
+            ),
+            "id": _param("run_id", _runs.c.id),
+            "tenant_id": tenant_id,
+            "thread_id": thread_id,
+            "input_event_seq": seq.c.seq,
+            "created_at": now,
+        },
+    )
+    context = insert_from_seq(
+        _contexts,
+        "context",
+        {
+            **p(
+                _contexts,
+                "id",
+                "cursor_seq",
+                "token_budget",
+                "tokens_used",
+                "summarized_through_seq",
+                "has_feedback",
+                "archived",
+            ),
+            "tenant_id": _param("tenant_id", _contexts.c.tenant_id),
+            "run_id": _param("run_id", _contexts.c.run_id),
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    outbox = insert_from_seq(
+        _outbox,
+        "outbox",
+        {**p(_outbox, "id", "task", "queue", "payload", "attempts"), "created_at": now},
+    )
+    found = exists(
+        select(_threads.c.id).where(
+            _threads.c.id == _param("thread_id", _threads.c.id),
+            _threads.c.tenant_id == _param("tenant_id", _threads.c.tenant_id),
+        )
+    )
+    # Data-modifying CTEs run whether or not the query reads them; add_cte renders them.
+    return select(found.label("found"), select(seq.c.seq).scalar_subquery().label("seq")).add_cte(
+        event, run, context, outbox
+    )
+
+
+_ADMIT = _one_statement_admission()
+
+
+def _admit_in_one_statement(
+    runtime: Runtime,
+    tenant_id: str,
+    thread_id: str,
+    request: RunRequest,
+    run_id: str,
+    token_budget: int,
+) -> Admitted | None:
+    """The admission as one statement and transaction; None when the thread's unfinished run
+    needs the general transaction."""
+    message = stage(AdvanceRun(run_id=run_id, reason="run.created"), AdvanceRun.QUEUE or "")
+    params = {
+        "p_thread_id": thread_id,
+        "p_tenant_id": tenant_id,
+        "p_run_id": run_id,
+        "p_now": utcnow(),
+        "p_multitask": request.multitask,
+        "p_thread_events_id": new_id(),
+        "p_thread_events_kind": EventKind.USER_MESSAGE.value,
+        "p_thread_events_role": "user",
+        "p_thread_events_content": request.input,
+        "p_thread_events_data": {},
+        "p_runs_status": RunStatus.QUEUED.value,
+        "p_runs_input": request.input,
+        "p_runs_requested_agent": request.agent,
+        "p_runs_requested_pattern": request.pattern,
+        "p_runs_multitask": request.multitask,
+        "p_runs_idempotency_key": request.idempotency_key,
+        "p_runs_request_hash": request.request_hash,
+        "p_runs_deadline_at": request.deadline_at,
+        "p_runs_limits": request.limits,
+        "p_runs_usage": {},
+        "p_runs_guards": [],
+        "p_runs_cost_usd": 0.0,
+        "p_runs_cancel_requested": False,
+        "p_runs_version": 1,
+        "p_orchestration_contexts_id": new_id(),
+        "p_orchestration_contexts_cursor_seq": 0,
+        "p_orchestration_contexts_token_budget": token_budget,
+        "p_orchestration_contexts_tokens_used": 0,
+        "p_orchestration_contexts_summarized_through_seq": 0,
+        "p_orchestration_contexts_has_feedback": False,
+        "p_orchestration_contexts_archived": False,
+        "p_outbox_id": message.id,
+        "p_outbox_task": message.task,
+        "p_outbox_queue": message.queue,
+        "p_outbox_payload": message.payload,
+        "p_outbox_attempts": 0,
+    }
+    with owner_writes(), runtime.db.engine.connect() as connection:
+        found, seq = (
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(_ADMIT, params).one()
+        )
+    if not found:
+        raise NotFound("thread", thread_id)
+    if seq is None:
+        return None
+    runtime.relay.publish([message])
+    return Admitted(run_id, RunStatus.QUEUED.value, thread_id)
 
 
 def _answer(tx: Tx, tenant_id: str, thread_id: str, run_id: str, text: str) -> Admitted:
