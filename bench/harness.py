@@ -1187,6 +1187,7 @@ async def _post_runs(
     body: dict[str, Any],
     concurrency: int,
     rate: float | None,
+    route: str = "/v1/threads/{thread_id}/runs",
 ) -> LoadResult:
     result = LoadResult()
     async with _client(url, key, concurrency) as http:
@@ -1197,7 +1198,7 @@ async def _post_runs(
             payload = dict(body)
             payload["input"] = f"{body.get('input', 'bench')} #{i}"
             try:
-                response = await http.post(f"/v1/threads/{thread_id}/runs", json=payload)
+                response = await http.post(route.format(thread_id=thread_id), json=payload)
                 status = response.status_code
                 run_id = response.json().get("id") if status == 202 else None
             except httpx.HTTPError:
@@ -1239,9 +1240,11 @@ def post_runs(
     body: dict[str, Any] | None = None,
     concurrency: int = 16,
     rate: float | None = None,
+    route: str = "/v1/threads/{thread_id}/runs",
 ) -> LoadResult:
     """POST one run on each thread: closed loop with ``concurrency`` clients, or open loop at
-    ``rate`` runs/s (at most ``concurrency`` in flight)."""
+    ``rate`` runs/s (at most ``concurrency`` in flight). ``route``: where a run is POSTed
+    (another server's, such as the floor's ``/runs``)."""
     return asyncio.run(
         _post_runs(
             url,
@@ -1250,6 +1253,7 @@ def post_runs(
             body or {"input": "bench", "pattern": "direct"},
             concurrency,
             rate,
+            route,
         )
     )
 

@@ -259,6 +259,18 @@ def _http(s: dict[str, Any]) -> list[str]:
                     f.get("completed_per_s"),
                 ]
             )
+    floor = s["figures"].get("floor_admission_gateway_alone")
+    if floor:
+        lat = floor.get("post_latency", {})
+        rows.append(
+            [
+                "the floor (postgresql)",
+                "admission, its gateway alone",
+                floor.get("admitted_per_s"),
+                f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p99_ms'))}" if lat else "-",
+                "-",
+            ]
+        )
     lite = s["figures"].get("sqlite")
     if lite:
         f = lite["mixed"]
@@ -282,6 +294,14 @@ def _http(s: dict[str, Any]) -> list[str]:
         f"client, {_fmt(b['drain_per_s'])} no-op tasks/s drained = "
         f"{_fmt(b['runs_per_s_equivalent'])} runs/s at 3 tasks per run.",
     ]
+    r = s["ratios"].get("postgresql", {})
+    if floor and r.get("floor_gateway_admission_vs_bare_publish") is not None:
+        lines += [
+            "",
+            "The floor's gateway, alone with the same client, admits "
+            f"{_fmt(r['floor_gateway_admission_vs_bare_publish'], 3)}x bare Celery's publish rate; "
+            f"Podium's gateway admits {_fmt(r.get('admission_vs_floor_gateway'), 3)}x the floor's.",
+        ]
     return lines
 
 

@@ -89,8 +89,8 @@ class FloorStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        for role in ROLES:
+    def start(self, roles: tuple[str, ...] = ROLES) -> None:
+        for role in roles:
             argv = [sys.executable, "-m", "bench.floor", role]
             self.services[role] = self.session.spawn(
                 role, argv, self.env, log_name=f"{self.label}-{role}"

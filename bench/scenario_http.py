@@ -17,7 +17,10 @@ per thread (threads are created beforehand and not timed). Phases on PostgreSQL:
 On SQLite only the mixed phase exists (one process does everything).
 Baselines: bare Celery's publish rate (one client publishing tasks back to back) for the
 admission rate, and its no-op drain rate / 3 (a direct run is three task executions:
-orchestrator, agent-worker, orchestrator) for completed runs/s.
+orchestrator, agent-worker, orchestrator) for completed runs/s. For scale, the floor's own
+gateway (bench/floor.py: one INSERT and an outbox row per run, no auth, quotas or events)
+is measured alone the same way, with the same client: what admission costs on this machine
+before anything Podium adds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from bench import harness
 from bench.baselines import Baselines
 from bench.harness import BenchSession, EmbeddedStack, Mode, PodiumStack, log, ratio, summary_ms
+from bench.scenario_floor import FloorStack
 
 NAME = "http"
 TITLE = "(c) End to end over HTTP (direct runs, zero-latency simulated LLM)"
@@ -67,6 +71,28 @@ def completion(runs: list[tuple[float, float | None, str]], since: float) -> dic
         "completed_per_s": round(len(done) / (last - since), 1),
         "run_latency": summary_ms([r[1] - r[0] for r in done if r[1] is not None]),
     }
+
+
+def floor_admission(session: BenchSession, n: int) -> dict[str, Any]:
+    """The floor's gateway alone (nothing consumes what it publishes), POSTed as Podium's."""
+    floor = FloorStack(session, broker="redis", label="c-floor")
+    try:
+        floor.start(roles=("gateway",))
+        ids = [str(i) for i in range(n + 20)]
+        harness.post_runs(floor.url, "unused", ids[:20], concurrency=CONCURRENCY, route="/runs")
+        sampler = harness.Sampler(dict(floor.services))
+        load = harness.post_runs(
+            floor.url, "unused", ids[20:], concurrency=CONCURRENCY, route="/runs"
+        )
+        phase = admission(load)
+        phase["processes"] = sampler.stop()
+        log(
+            f"(c) the floor's gateway alone: {phase['admitted_per_s']} runs/s admitted, POST p99 "
+            f"{phase['post_latency'].get('p99_ms')} ms"
+        )
+        return phase
+    finally:
+        floor.close()
 
 
 def postgresql(session: BenchSession, n: int, m: int) -> dict[str, Any]:
@@ -206,11 +232,17 @@ def run(
     ratios: dict[str, Any] = {}
     targets: list[dict[str, Any]] = []
     if "postgresql" in stores:
+        floor = floor_admission(session, n)
         pg = postgresql(session, n, m)
         figures["postgresql"] = pg
+        figures["floor_admission_gateway_alone"] = floor
         alone, mixed = pg["admission_gateway_alone"], pg["mixed"]
         ratios["postgresql"] = {
             "admission_vs_bare_publish": ratio(alone["admitted_per_s"], base["publish_per_s"]),
+            "admission_vs_floor_gateway": ratio(alone["admitted_per_s"], floor["admitted_per_s"]),
+            "floor_gateway_admission_vs_bare_publish": ratio(
+                floor["admitted_per_s"], base["publish_per_s"]
+            ),
             "completed_vs_bare_drain_per_3_tasks": ratio(
                 mixed.get("completed_per_s"), base["runs_per_s_equivalent"]
             ),

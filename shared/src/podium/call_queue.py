@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from podium.fair_dispatch import FairDispatcher
-from podium.messages import ExecuteAgentCall, SubmitAgentCall
+from podium.messages import ExecuteAgentCall, SubmitAgentCall, summary
 from podium.queues import TaskName, agents_queue
 from podium.settings import Settings
 from podium.store.models import Agent
@@ -49,11 +49,13 @@ def send_released(celery: Celery, pool: str, items: Iterable[str]) -> int:
     for item in items:
         call_id, run_id = parse_item(item)
         message = ExecuteAgentCall(call_id=call_id, run_id=run_id)
+        payload = message.model_dump(mode="json")
         celery.send_task(
             TaskName.EXECUTE_AGENT_CALL.value,
-            args=[message.model_dump(mode="json")],
+            args=[payload],
             queue=agents_queue(pool),
             task_id=message.id,
+            argsrepr=summary(payload),
         )
         sent += 1
     return sent

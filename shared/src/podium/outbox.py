@@ -22,7 +22,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from podium import call_queue
 from podium.fair_dispatch import FairDispatcher
-from podium.messages import Message, SubmitAgentCall
+from podium.messages import Message, SubmitAgentCall, summary
 from podium.queues import TaskName
 from podium.store.db import Database, table
 from podium.store.models import OutboxMessage, utcnow
@@ -96,7 +96,9 @@ class OutboxRelay:
             return
         # A replayed dead letter's payload may be anything; a message's id is its task id.
         task_id = payload.get("id") if isinstance(payload, dict) else None
-        self.celery.send_task(task, args=[payload], queue=queue, task_id=task_id)
+        self.celery.send_task(
+            task, args=[payload], queue=queue, task_id=task_id, argsrepr=summary(payload)
+        )
 
     def publish(self, rows: list[Staged]) -> int:
         """Publish staged rows after their transaction committed. Failures are left to the sweep."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -75,6 +77,37 @@ class KeyCache:
         self.size = size
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
+        # Reads of the store in flight, by key hash (touched on the event loop only).
+        self._reading: dict[str, asyncio.Future[Principal]] = {}
+
+    async def principal(self, key_hash: str, read: Callable[[], Awaitable[Principal]]) -> Principal:
+        """The cached principal of ``key_hash``, else ``read()``'s. When an entry expires
+        under load, the requests that find it expired wait for the one read already in
+        flight instead of each reading the store; if that read fails, each reads for itself
+        (a refused key is never shared or cached)."""
+        cached = self.get(key_hash)
+        if cached is not None:
+            return cached
+        reading = self._reading.get(key_hash)
+        if reading is not None:
+            await asyncio.wait((reading,))
+            if not reading.cancelled():
+                return reading.result()
+        else:
+            reading = self._reading[key_hash] = asyncio.get_running_loop().create_future()
+            try:
+                principal = await read()
+            except BaseException:
+                reading.cancel()
+                raise
+            finally:
+                self._reading.pop(key_hash, None)
+            reading.set_result(principal)
+            self.put(key_hash, principal)
+            return principal
+        principal = await read()  # the shared read failed: read for this request
+        self.put(key_hash, principal)
+        return principal
 
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
@@ -112,13 +145,9 @@ async def require_tenant(request: Request, runtime: RuntimeDep) -> Principal:
     """The caller's tenant: from this gateway's key cache, else (a database read) on the
     thread pool."""
     key_hash = hash_key(_bearer(request))
-    cache = key_cache(request)
-    cached = cache.get(key_hash)
-    if cached is not None:
-        return cached
-    principal = await run_in_threadpool(_principal_of, runtime, key_hash)
-    cache.put(key_hash, principal)
-    return principal
+    return await key_cache(request).principal(
+        key_hash, lambda: run_in_threadpool(_principal_of, runtime, key_hash)
+    )
 
 
 def _principal_of(runtime: Runtime, key_hash: str) -> Principal:

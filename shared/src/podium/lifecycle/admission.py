@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, exists, insert, select, update
+from sqlalchemy import Select, and_, bindparam, exists, insert, literal_column, select, update
 
 from podium.lifecycle import sql
 from podium.lifecycle.errors import Conflict, NotFound
@@ -183,7 +183,8 @@ def _one_statement_admission() -> Select[Any]:
         .where(
             _runs.c.thread_id == thread_id,
             _runs.c.tenant_id == tenant_id,
-            _runs.c.status.not_in(TERMINAL),
+            # Inline constants: an expanding IN parameter is re-rendered at every execution.
+            _runs.c.status.not_in([literal_column(f"'{status}'") for status in TERMINAL]),
         )
         .order_by(_runs.c.created_at, _runs.c.id)
         .limit(1)
