@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, exists, insert, literal_column, select, update
@@ -60,6 +61,48 @@ _INSERT_RUN = insert(sql.table(Run))
 _INSERT_CONTEXT = insert(sql.table(OrchestrationContext))
 
 
+def _run_row(
+    request: RunRequest, run_id: str, tenant_id: str, thread_id: str, now: datetime
+) -> dict[str, Any]:
+    """A new queued run's row, but its ``input_event_seq`` (the seq its prompt gets)."""
+    return {
+        "id": run_id,
+        "tenant_id": tenant_id,
+        "thread_id": thread_id,
+        "status": RunStatus.QUEUED.value,
+        "input": request.input,
+        "requested_agent": request.agent,
+        "requested_pattern": request.pattern,
+        "multitask": request.multitask,
+        "idempotency_key": request.idempotency_key,
+        "request_hash": request.request_hash,
+        "deadline_at": request.deadline_at,
+        "limits": request.limits,
+        "usage": {},
+        "guards": [],
+        "cost_usd": 0.0,
+        "cancel_requested": False,
+        "version": 1,
+        "created_at": now,
+    }
+
+
+def _context_row(run_id: str, tenant_id: str, token_budget: int, now: datetime) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "tenant_id": tenant_id,
+        "run_id": run_id,
+        "cursor_seq": 0,
+        "token_budget": token_budget,
+        "tokens_used": 0,
+        "summarized_through_seq": 0,
+        "has_feedback": False,
+        "archived": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def admit(
     runtime: Runtime,
     tenant_id: str,
@@ -100,48 +143,9 @@ def admit(
             run_id=run_id,
         )
         now = utcnow()
-        sql.run(
-            session,
-            _INSERT_RUN,
-            {
-                "id": run_id,
-                "tenant_id": tenant_id,
-                "thread_id": thread_id,
-                "status": RunStatus.QUEUED.value,
-                "input": request.input,
-                "input_event_seq": seq,
-                "requested_agent": request.agent,
-                "requested_pattern": request.pattern,
-                "multitask": request.multitask,
-                "idempotency_key": request.idempotency_key,
-                "request_hash": request.request_hash,
-                "deadline_at": request.deadline_at,
-                "limits": request.limits,
-                "usage": {},
-                "guards": [],
-                "cost_usd": 0.0,
-                "cancel_requested": False,
-                "version": 1,
-                "created_at": now,
-            },
-        )
-        sql.run(
-            session,
-            _INSERT_CONTEXT,
-            {
-                "id": new_id(),
-                "tenant_id": tenant_id,
-                "run_id": run_id,
-                "cursor_seq": 0,
-                "token_budget": token_budget,
-                "tokens_used": 0,
-                "summarized_through_seq": 0,
-                "has_feedback": False,
-                "archived": False,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
+        run_row = _run_row(request, run_id, tenant_id, thread_id, now)
+        sql.run(session, _INSERT_RUN, {**run_row, "input_event_seq": seq})
+        sql.run(session, _INSERT_CONTEXT, _context_row(run_id, tenant_id, token_budget, now))
         interrupted = None
         interrupt = active is not None and request.multitask == "interrupt"
         if active is not None and interrupt and request_cancel(session, tenant_id, active[0]):
@@ -168,11 +172,20 @@ _contexts = sql.table(OrchestrationContext)
 _outbox = sql.table(OutboxMessage)
 
 
+_EVENT_COLUMNS = ("id", "kind", "role", "content", "data", "tenant_id", "thread_id", "run_id")
+_OUTBOX_COLUMNS = ("id", "task", "queue", "payload", "attempts")
+
+
 def _param(name: str, column: Any) -> Any:
     return bindparam(f"p_{name}", type_=column.type)
 
 
-def _one_statement_admission() -> Select[Any]:
+@cache
+def _one_statement_admission(
+    run_columns: tuple[str, ...], context_columns: tuple[str, ...]
+) -> Select[Any]:
+    """The statement for rows of these columns (those of ``_run_row`` and ``_context_row``:
+    built once)."""
     thread_id, tenant_id = (
         _param("thread_id", _runs.c.thread_id),
         _param("tenant_id", _runs.c.tenant_id),
@@ -209,82 +222,18 @@ def _one_statement_admission() -> Select[Any]:
         .cte("seq")
     )
 
-    def insert_from_seq(table: Any, name: str, values: dict[str, Any]) -> Any:
-        columns = list(values)
-        return (
-            insert(table)
-            .from_select(columns, select(*(values[c].label(c) for c in columns)).select_from(seq))
-            .cte(name)
-        )
+    def insert_from_seq(table: Any, columns: tuple[str, ...], **from_seq: Any) -> Any:
+        """INSERT … SELECT of one row, its ``columns`` bound as ``p_<table>_<column>``, FROM
+        ``seq``: no seq reserved, no row."""
+        values = {c: bindparam(f"p_{table.name}_{c}", type_=table.c[c].type) for c in columns}
+        values.update(from_seq)
+        row = select(*(v.label(c) for c, v in values.items())).select_from(seq)
+        return insert(table).from_select(list(values), row).cte(f"new_{table.name}")
 
-    def p(table: Any, *names: str) -> dict[str, Any]:
-        return {n: bindparam(f"p_{table.name}_{n}", type_=table.c[n].type) for n in names}
-
-    event = insert_from_seq(
-        _events,
-        "event",
-        {
-            **p(_events, "id", "kind", "role", "content", "data"),
-            "tenant_id": _param("tenant_id", _events.c.tenant_id),
-            "thread_id": _param("thread_id", _events.c.thread_id),
-            "run_id": _param("run_id", _events.c.run_id),
-            "seq": seq.c.seq,
-            "created_at": now,
-        },
-    )
-    run = insert_from_seq(
-        _runs,
-        "run",
-        {
-            **p(
-                _runs,
-                "status",
-                "input",
-                "requested_agent",
-                "requested_pattern",
-                "multitask",
-                "idempotency_key",
-                "request_hash",
-                "deadline_at",
-                "limits",
-                "usage",
-                "guards",
-                "cost_usd",
-                "cancel_requested",
-                "version",
-            ),
-            "id": _param("run_id", _runs.c.id),
-            "tenant_id": tenant_id,
-            "thread_id": thread_id,
-            "input_event_seq": seq.c.seq,
-            "created_at": now,
-        },
-    )
-    context = insert_from_seq(
-        _contexts,
-        "context",
-        {
-            **p(
-                _contexts,
-                "id",
-                "cursor_seq",
-                "token_budget",
-                "tokens_used",
-                "summarized_through_seq",
-                "has_feedback",
-                "archived",
-            ),
-            "tenant_id": _param("tenant_id", _contexts.c.tenant_id),
-            "run_id": _param("run_id", _contexts.c.run_id),
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    outbox = insert_from_seq(
-        _outbox,
-        "outbox",
-        {**p(_outbox, "id", "task", "queue", "payload", "attempts"), "created_at": now},
-    )
+    event = insert_from_seq(_events, _EVENT_COLUMNS, seq=seq.c.seq, created_at=now)
+    run = insert_from_seq(_runs, run_columns, input_event_seq=seq.c.seq)
+    context = insert_from_seq(_contexts, context_columns)
+    outbox = insert_from_seq(_outbox, _OUTBOX_COLUMNS, created_at=now)
     found = exists(
         select(_threads.c.id).where(
             _threads.c.id == _param("thread_id", _threads.c.id),
@@ -295,9 +244,6 @@ def _one_statement_admission() -> Select[Any]:
     return select(found.label("found"), select(seq.c.seq).scalar_subquery().label("seq")).add_cte(
         event, run, context, outbox
     )
-
-
-_ADMIT = _one_statement_admission()
 
 
 def _admit_in_one_statement(
@@ -311,47 +257,45 @@ def _admit_in_one_statement(
     """The admission as one statement and transaction; None when the thread's unfinished run
     needs the general transaction."""
     message = stage(AdvanceRun(run_id=run_id, reason="run.created"), AdvanceRun.QUEUE or "")
-    params = {
+    now = utcnow()
+    run_row = _run_row(request, run_id, tenant_id, thread_id, now)
+    context_row = _context_row(run_id, tenant_id, token_budget, now)
+    event_row = {
+        "id": new_id(),
+        "kind": EventKind.USER_MESSAGE.value,
+        "role": "user",
+        "content": request.input,
+        "data": {},
+        "tenant_id": tenant_id,
+        "thread_id": thread_id,
+        "run_id": run_id,
+    }
+    outbox_row = {
+        "id": message.id,
+        "task": message.task,
+        "queue": message.queue,
+        "payload": message.payload,
+        "attempts": 0,
+    }
+    params: dict[str, Any] = {
         "p_thread_id": thread_id,
         "p_tenant_id": tenant_id,
-        "p_run_id": run_id,
-        "p_now": utcnow(),
+        "p_now": now,
         "p_multitask": request.multitask,
-        "p_thread_events_id": new_id(),
-        "p_thread_events_kind": EventKind.USER_MESSAGE.value,
-        "p_thread_events_role": "user",
-        "p_thread_events_content": request.input,
-        "p_thread_events_data": {},
-        "p_runs_status": RunStatus.QUEUED.value,
-        "p_runs_input": request.input,
-        "p_runs_requested_agent": request.agent,
-        "p_runs_requested_pattern": request.pattern,
-        "p_runs_multitask": request.multitask,
-        "p_runs_idempotency_key": request.idempotency_key,
-        "p_runs_request_hash": request.request_hash,
-        "p_runs_deadline_at": request.deadline_at,
-        "p_runs_limits": request.limits,
-        "p_runs_usage": {},
-        "p_runs_guards": [],
-        "p_runs_cost_usd": 0.0,
-        "p_runs_cancel_requested": False,
-        "p_runs_version": 1,
-        "p_orchestration_contexts_id": new_id(),
-        "p_orchestration_contexts_cursor_seq": 0,
-        "p_orchestration_contexts_token_budget": token_budget,
-        "p_orchestration_contexts_tokens_used": 0,
-        "p_orchestration_contexts_summarized_through_seq": 0,
-        "p_orchestration_contexts_has_feedback": False,
-        "p_orchestration_contexts_archived": False,
-        "p_outbox_id": message.id,
-        "p_outbox_task": message.task,
-        "p_outbox_queue": message.queue,
-        "p_outbox_payload": message.payload,
-        "p_outbox_attempts": 0,
     }
+    for table, row in (
+        (_runs, run_row),
+        (_contexts, context_row),
+        (_events, event_row),
+        (_outbox, outbox_row),
+    ):
+        params.update({f"p_{table.name}_{column}": value for column, value in row.items()})
+    statement = _one_statement_admission(tuple(run_row), tuple(context_row))
     with owner_writes(), runtime.db.engine.connect() as connection:
         found, seq = (
-            connection.execution_options(isolation_level="AUTOCOMMIT").execute(_ADMIT, params).one()
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            .execute(statement, params)
+            .one()
         )
     if not found:
         raise NotFound("thread", thread_id)
